@@ -1,0 +1,227 @@
+"""Figures of the lecture (loss curves, reconstructions, samples, latent histograms) and of latent arithmetic.
+
+Every function returns its matplotlib Figure and, given ``save_path``, also writes it as a PNG atomically.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from helper_utils import atomic_write
+
+Unnormalizer = Callable[[torch.Tensor], torch.Tensor] | None
+
+
+def _save(fig: Figure, save_path: str | Path | None) -> Figure:
+    if save_path is not None:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        atomic_write(save_path, lambda f: f.write(buffer.getvalue()))
+    return fig
+
+
+def _show(ax: plt.Axes, image: torch.Tensor, unnormalizer: Unnormalizer = None) -> None:
+    image = image.detach().cpu().float()
+    if unnormalizer is not None:
+        image = unnormalizer(image)
+    ax.imshow(image.clamp(0, 1).permute(1, 2, 0).numpy())
+    ax.axis("off")
+
+
+def plot_training_loss(
+    minibatch_losses: Sequence[float],
+    num_epochs: int,
+    averaging_iterations: int = 100,
+    custom_label: str = "",
+    save_path: str | Path | None = None,
+) -> Figure:
+    """Minibatch loss and its running average over iterations, with an epoch axis (the lecture's plot)."""
+    losses = np.asarray(minibatch_losses, dtype=float)
+    fig, ax1 = plt.subplots()
+    ax1.plot(range(len(losses)), losses, label=f"Minibatch Loss{custom_label}")
+    ax1.set_xlabel("Iterations")
+    ax1.set_ylabel("Loss")
+    num_losses = len(losses) // 2 if len(losses) < 1000 else 1000
+    if len(losses) > num_losses:
+        ax1.set_ylim([0, np.max(losses[num_losses:]) * 1.5])
+    window = max(1, min(averaging_iterations, len(losses)))
+    running = np.convolve(losses, np.ones(window) / window, mode="valid")
+    ax1.plot(np.arange(window - 1, len(losses)), running, label=f"Running Average{custom_label}")
+    ax1.legend()
+    ax2 = ax1.twiny()
+    iter_per_epoch = max(1, len(losses) // max(1, num_epochs))
+    epochs = list(range(num_epochs + 1))
+    step = max(1, num_epochs // 10)
+    ax2.set_xticks([e * iter_per_epoch for e in epochs][::step])
+    ax2.set_xticklabels(epochs[::step])
+    ax2.xaxis.set_ticks_position("bottom")
+    ax2.xaxis.set_label_position("bottom")
+    ax2.spines["bottom"].set_position(("outward", 45))
+    ax2.set_xlabel("Epochs")
+    ax2.set_xlim(ax1.get_xlim())
+    fig.tight_layout()
+    return _save(fig, save_path)
+
+
+@torch.no_grad()
+def plot_generated_images(
+    data_loader: Iterable,
+    model: torch.nn.Module,
+    device: str | torch.device,
+    unnormalizer: Unnormalizer = None,
+    figsize: tuple[float, float] = (20, 2.5),
+    n_images: int = 15,
+    modeltype: str = "autoencoder",
+    save_path: str | Path | None = None,
+) -> Figure:
+    """Originals (top row) and their reconstructions (bottom row) from the first batch of ``data_loader``."""
+    if modeltype not in ("autoencoder", "VAE"):
+        raise ValueError(f"modeltype={modeltype!r} is not supported; use 'autoencoder' or 'VAE'")
+    features, _ = next(iter(data_loader))
+    features = features[:n_images].to(device)
+    was_training = model.training
+    model.eval()
+    decoded = model(features)[3] if modeltype == "VAE" else model(features)
+    model.train(was_training)
+    fig, axes = plt.subplots(nrows=2, ncols=len(features), sharex=True, sharey=True, figsize=figsize, squeeze=False)
+    for i in range(len(features)):
+        _show(axes[0][i], features[i], unnormalizer)
+        _show(axes[1][i], decoded[i], unnormalizer)
+    return _save(fig, save_path)
+
+
+@torch.no_grad()
+def plot_images_sampled_from_vae(
+    model: torch.nn.Module,
+    device: str | torch.device,
+    latent_size: int,
+    unnormalizer: Unnormalizer = None,
+    num_images: int = 10,
+    save_path: str | Path | None = None,
+    generator: torch.Generator | None = None,
+) -> Figure:
+    """Decode ``num_images`` codes drawn from N(0, I): new faces."""
+    was_training = model.training
+    model.eval()
+    z = torch.randn(num_images, latent_size, generator=generator)
+    images = model.decoder(z.to(device)).cpu()
+    model.train(was_training)
+    fig, axes = plt.subplots(nrows=1, ncols=num_images, figsize=(2 * num_images, 2.5), squeeze=False)
+    for ax, image in zip(axes[0], images, strict=True):
+        _show(ax, image, unnormalizer)
+    return _save(fig, save_path)
+
+
+def _normal_pdf(x: np.ndarray) -> np.ndarray:
+    return np.exp(-0.5 * x**2) / np.sqrt(2 * np.pi)
+
+
+def plot_latent_histograms(
+    z: torch.Tensor | np.ndarray, num_dims: int = 25, bins: int = 50, save_path: str | Path | None = None
+) -> Figure:
+    """Histograms (densities) of the first ``num_dims`` latent dimensions, with the N(0, 1) density over each."""
+    z = np.asarray(z.detach().cpu() if isinstance(z, torch.Tensor) else z)
+    num_dims = min(num_dims, z.shape[1])
+    ncols = int(np.ceil(np.sqrt(num_dims)))
+    nrows = int(np.ceil(num_dims / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.4 * ncols, 2 * nrows), squeeze=False)
+    grid = np.linspace(-4, 4, 200)
+    for j, ax in enumerate(axes.flat):
+        if j >= num_dims:
+            ax.remove()
+            continue
+        ax.hist(z[:, j], bins=bins, density=True, color="tab:blue", alpha=0.7)
+        ax.plot(grid, _normal_pdf(grid), color="tab:red", lw=1.2)
+        ax.set_title(f"z[{j}]", fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return _save(fig, save_path)
+
+
+def plot_latent_summary(z: torch.Tensor | np.ndarray, save_path: str | Path | None = None) -> Figure:
+    """All dimensions at once: per-dimension mean and std against N(0, 1), and the pooled histogram."""
+    z = np.asarray(z.detach().cpu() if isinstance(z, torch.Tensor) else z)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.5), gridspec_kw={"width_ratios": [2, 1]})
+    dims = np.arange(z.shape[1])
+    ax1.bar(dims, z.std(axis=0), color="tab:blue", alpha=0.6, label="std")
+    ax1.plot(dims, z.mean(axis=0), ".", color="tab:orange", label="mean")
+    ax1.axhline(1, color="tab:red", lw=1, label="N(0, 1): std 1")
+    ax1.axhline(0, color="black", lw=0.8)
+    ax1.set_xlabel("latent dimension")
+    ax1.legend(fontsize=8)
+    grid = np.linspace(-4, 4, 200)
+    ax2.hist(z.ravel(), bins=100, density=True, color="tab:blue", alpha=0.7, label="all codes")
+    ax2.plot(grid, _normal_pdf(grid), color="tab:red", label="N(0, 1)")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, save_path)
+
+
+def plot_image_grid(
+    images: torch.Tensor | Sequence[torch.Tensor],
+    titles: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    save_path: str | Path | None = None,
+) -> Figure:
+    """Rows of images: a (N, 3, H, W) tensor is one row, a list of such tensors is one row each."""
+    rows = [images] if isinstance(images, torch.Tensor) else list(images)
+    ncols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.6 * ncols, 1.7 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(ncols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(row):
+                _show(ax, row[c])
+            if r == 0 and titles is not None and c < len(titles):
+                ax.set_title(titles[c], fontsize=9)
+        if row_labels is not None:
+            axes[r][0].text(-0.1, 0.5, row_labels[r], transform=axes[r][0].transAxes, ha="right", va="center")
+    fig.tight_layout()
+    return _save(fig, save_path)
+
+
+@torch.no_grad()
+def plot_modified_faces(
+    original: torch.Tensor,
+    diff: torch.Tensor,
+    diff_coefficients: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0),
+    decoding_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: str | torch.device | None = None,
+    figsize: tuple[float, float] = (8, 2.5),
+    save_path: str | Path | None = None,
+) -> Figure:
+    """``original + alpha * diff`` (top) and ``original - alpha * diff`` (bottom) for each alpha.
+
+    With ``decoding_fn`` the two are latent vectors, decoded for display; otherwise they are images.
+    """
+    fig, axes = plt.subplots(nrows=2, ncols=len(diff_coefficients), sharex=True, sharey=True, figsize=figsize,
+                             squeeze=False)
+    for i, alpha in enumerate(diff_coefficients):
+        more, less = original + alpha * diff, original - alpha * diff
+        if decoding_fn is not None:
+            more, less = (decoding_fn(v.to(device).unsqueeze(0)).cpu().squeeze(0) for v in (more, less))
+        label = "original" if not alpha else f"$\\alpha=${alpha}"
+        for row, image in enumerate((more, less)):
+            _show(axes[row][i], image)
+            axes[row][i].set_title(label if row == 0 else f"$\\alpha=${-alpha}" if alpha else label, fontsize=8)
+    return _save(fig, save_path)
+
+
+def save_gif(frames: torch.Tensor, path: str | Path, duration_ms: int = 100) -> Path:
+    """Write (N, 3, H, W) frames in [0, 1] as a looping animated GIF."""
+    pictures = [Image.fromarray((f.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+                for f in frames.detach().cpu().float()]
+
+    def write(f: io.BufferedWriter) -> None:
+        pictures[0].save(f, format="GIF", save_all=True, append_images=pictures[1:], duration=duration_ms, loop=0)
+
+    return atomic_write(path, write)

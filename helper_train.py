@@ -1,0 +1,215 @@
+"""The VAE loss, one training loop (lecture-compatible, fast on CUDA, resumable) and evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from helper_utils import atomic_write, check_settings, load_checkpoint, restore_rng_states, save_checkpoint
+
+LossFn = Callable[..., torch.Tensor]
+LOSS_KEYS = ("combined", "reconstruction", "kl")
+
+
+def vae_loss(
+    features: torch.Tensor,
+    decoded: torch.Tensor,
+    z_mean: torch.Tensor,
+    z_log_var: torch.Tensor,
+    reconstruction_term_weight: float = 1.0,
+    loss_fn: LossFn | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(combined, reconstruction, kl)``: per-image summed squared error and KL (summed over latent dims),
+    each averaged over the batch; ``combined = weight * reconstruction + kl``. Computed in float32."""
+    loss_fn = loss_fn or F.mse_loss
+    batch_size = features.shape[0]
+    z_mean, z_log_var = z_mean.float(), z_log_var.float()
+    kl = (-0.5 * torch.sum(1 + z_log_var - z_mean**2 - torch.exp(z_log_var), dim=1)).mean()
+    pixelwise = loss_fn(decoded.float(), features.float(), reduction="none")
+    reconstruction = pixelwise.reshape(batch_size, -1).sum(dim=1).mean()
+    return reconstruction_term_weight * reconstruction + kl, reconstruction, kl
+
+
+def _resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in ("auto", "bf16", "tf32", "fp32"):
+        raise ValueError(f"precision={precision!r} is not one of 'auto', 'bf16', 'tf32', 'fp32'")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return precision
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate_vae(
+    model: torch.nn.Module,
+    data_loader: Iterable,
+    device: str | torch.device,
+    loss_fn: LossFn | None = None,
+    reconstruction_term_weight: float = 1.0,
+    precision: str = "fp32",
+) -> dict[str, float]:
+    """Per-image ``combined``/``reconstruction``/``kl`` loss over all of ``data_loader``, in eval mode."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(3, device=device, dtype=torch.float64)
+    count = 0
+    for features, _ in data_loader:
+        features = features.to(device, non_blocking=True)
+        with _autocast(device, _resolve_precision(precision, device)):
+            _, z_mean, z_log_var, decoded = model(features)
+        losses = vae_loss(features, decoded, z_mean, z_log_var, reconstruction_term_weight, loss_fn)
+        totals += torch.stack(losses).double() * features.shape[0]
+        count += features.shape[0]
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluate_vae got an empty data loader")
+    return dict(zip(LOSS_KEYS, (totals / count).tolist(), strict=True))
+
+
+def _new_log() -> dict[str, list[float]]:
+    log: dict[str, list[float]] = {f"train_{k}_loss_per_batch": [] for k in LOSS_KEYS}
+    log.update({f"train_{k}_loss_per_epoch": [] for k in LOSS_KEYS})
+    log.update({f"valid_{k}_loss_per_epoch": [] for k in LOSS_KEYS})
+    log["epoch"] = []
+    return log
+
+
+def _read_back(
+    pending: list[torch.Tensor], log: dict[str, list[float]], epoch: int, batch_idx: int, checkpoint_path: Path | None
+) -> torch.Tensor:
+    """Copy the pending per-batch losses to the host in one sync, check them and append them to ``log``."""
+    values = torch.stack(pending).cpu()
+    pending.clear()
+    if not torch.isfinite(values).all():
+        where = f"{checkpoint_path} (epoch {epoch})" if checkpoint_path else "none (no checkpoint_path was given)"
+        raise FloatingPointError(
+            f"loss became {values[~torch.isfinite(values)][0].item()} at epoch {epoch + 1}, batch {batch_idx}; "
+            f"training stopped. Last good checkpoint: {where}. Lower the learning rate or check the data, then resume."
+        )
+    for key, column in zip(LOSS_KEYS, values.T.tolist(), strict=True):
+        log[f"train_{key}_loss_per_batch"].extend(column)
+    return values
+
+
+def train_vae_v1(
+    num_epochs: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: str | torch.device,
+    train_loader: Iterable,
+    loss_fn: LossFn | None = None,
+    logging_interval: int = 100,
+    skip_epoch_stats: bool = False,
+    reconstruction_term_weight: float = 1,
+    save_model: str | Path | None = None,
+    *,
+    valid_loader: Iterable | None = None,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    settings: dict[str, Any] | None = None,
+    precision: str = "auto",
+    channels_last: bool | None = None,
+    compile: bool = False,
+    progress: bool = True,
+) -> dict[str, list[float]]:
+    """Train the VAE for ``num_epochs`` (the lecture's call keeps working) and return the log dict.
+
+    Losses are accumulated on the device and read back every ``logging_interval`` steps (no per-step sync).
+    With ``checkpoint_path`` a checkpoint is written atomically after every epoch and ``resume=True``
+    continues from the last completed one. ``precision="auto"`` means bf16 autocast on CUDA, fp32 elsewhere;
+    ``channels_last`` defaults to on for CUDA; ``compile`` opts into ``torch.compile``. A NaN or infinite
+    loss stops training with an error, keeping the last good checkpoint. ``skip_epoch_stats`` skips the
+    per-epoch validation pass. ``save_model`` receives the final state dict, as in the lecture.
+    """
+    device = torch.device(device)
+    precision = _resolve_precision(precision, device)
+    channels_last = device.type == "cuda" if channels_last is None else channels_last
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("highest" if precision == "fp32" else "high")
+        torch.backends.cudnn.allow_tf32 = precision != "fp32"
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    log, start_epoch = _new_log(), 0
+    checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+    if checkpoint_path is not None and checkpoint_path.exists():
+        if resume:
+            checkpoint = load_checkpoint(checkpoint_path, map_location=device)
+            check_settings(checkpoint, model, checkpoint_path)
+            model.load_state_dict(checkpoint["model"])
+            if checkpoint.get("optimizer") is not None:
+                optimizer.load_state_dict(checkpoint["optimizer"])
+            log, start_epoch = checkpoint["log"] or log, checkpoint["epoch"] or 0
+            restore_rng_states(checkpoint["rng"])
+            print(f"Resuming from {checkpoint_path}: {start_epoch} of {num_epochs} epochs already done")
+        else:
+            backup = checkpoint_path.with_name(checkpoint_path.name + ".bak")
+            shutil.copy2(checkpoint_path, backup)
+            print(f"Starting a new run; the previous checkpoint was kept as {backup} (resume=True continues it)")
+    step_model = torch.compile(model) if compile else model
+    start_time = time.time()
+    for epoch in range(start_epoch, num_epochs):
+        model.train()
+        pending: list[torch.Tensor] = []
+        epoch_start = len(log["train_combined_loss_per_batch"])
+        bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress, leave=False)
+
+        for batch_idx, (features, _) in enumerate(train_loader):
+            features = features.to(device, non_blocking=True)
+            if channels_last:
+                features = features.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, precision):
+                _, z_mean, z_log_var, decoded = step_model(features)
+            losses = vae_loss(features, decoded, z_mean, z_log_var, reconstruction_term_weight, loss_fn)
+            optimizer.zero_grad(set_to_none=True)
+            losses[0].backward()
+            optimizer.step()
+            pending.append(torch.stack(losses).detach())
+            if len(pending) == logging_interval or batch_idx == len(train_loader) - 1:
+                values = _read_back(pending, log, epoch, batch_idx, checkpoint_path)
+                bar.update(len(values))
+                bar.set_postfix(loss=f"{values[-1, 0]:.2f}", rec=f"{values[-1, 1]:.2f}", kl=f"{values[-1, 2]:.2f}")
+                if not progress:
+                    print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | Batch {batch_idx:04d}/{len(train_loader):04d} | "
+                          f"Loss: {values[-1, 0]:.4f}")
+        bar.close()
+        for key in LOSS_KEYS:
+            values = log[f"train_{key}_loss_per_batch"][epoch_start:]
+            log[f"train_{key}_loss_per_epoch"].append(sum(values) / max(len(values), 1))
+        summary = f"***Epoch: {epoch + 1:03d}/{num_epochs:03d} | Train loss: {log['train_combined_loss_per_epoch'][-1]:.3f}"
+        if valid_loader is not None and not skip_epoch_stats:
+            valid = evaluate_vae(model, valid_loader, device, loss_fn, reconstruction_term_weight, precision)
+            for key in LOSS_KEYS:
+                log[f"valid_{key}_loss_per_epoch"].append(valid[key])
+            summary += f" | Valid loss: {valid['combined']:.3f}"
+        log["epoch"].append(epoch + 1)
+        print(f"{summary} | Time elapsed: {(time.time() - start_time) / 60:.2f} min")
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, model, optimizer, epoch=epoch + 1, log_dict=log, settings=settings)
+    print(f"Total Training Time: {(time.time() - start_time) / 60:.2f} min")
+    if save_model is not None:
+        state = model.state_dict()
+        atomic_write(save_model, lambda f: torch.save(state, f))
+    return log
+
+
+def decoder_comparison_table(metrics: dict[str, Any]) -> str:
+    """A Markdown table of the test losses of each decoder in a metrics dict (``{"runs": {decoder: {...}}}``)."""
+    rows = ["| decoder | epochs | test reconstruction | test KL | test total |", "|---|---|---|---|---|"]
+    for decoder, run in sorted(metrics.get("runs", {}).items()):
+        test = run.get("test", {})
+        rows.append(f"| {decoder} | {run.get('epochs', '?')} | {test.get('reconstruction', float('nan')):.2f} | "
+                    f"{test.get('kl', float('nan')):.2f} | {test.get('combined', float('nan')):.2f} |")
+    return "\n".join(rows)

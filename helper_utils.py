@@ -1,0 +1,199 @@
+"""Seeds, devices, atomic files and the project's one checkpoint format."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from model import VAE
+
+CHECKPOINT_FORMAT = "celeba-vae/1"
+
+
+def set_all_seeds(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (all devices)."""
+    os.environ["PL_GLOBAL_SEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def set_deterministic() -> None:
+    """Ask PyTorch for deterministic algorithms (warn, not fail, where none exists)."""
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def get_device(device: str | torch.device | None = None) -> torch.device:
+    """The requested device, or the best available one: cuda > mps > cpu."""
+    if device not in (None, "auto"):
+        chosen = torch.device(device)
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device={device!r} was requested but CUDA is not available; use 'cpu' or 'auto'")
+        if chosen.type == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError(f"device={device!r} was requested but MPS is not available; use 'cpu' or 'auto'")
+        return chosen
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write a file through ``write(fileobj)`` so that readers see the old file or the whole new one.
+
+    The data goes to a temporary file in the same folder, is flushed and fsynced, then renamed over
+    ``path``. On any error (disk full, interrupt) the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OSError(f"cannot write {path}: {err.strerror or err}; choose a writable output folder") from err
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException as err:
+        Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OSError(f"could not write {path} ({err.strerror or err}); the previous file, if any, is intact")
+        raise
+    return path
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, NumPy and PyTorch RNG states, as plain types and tensors (``weights_only``-loadable)."""
+    np_state = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Undo :func:`rng_states`."""
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    epoch: int = 0,
+    log_dict: dict[str, list[float]] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> Path:
+    """Atomically save model, optimizer, completed ``epoch``, RNG states, log and settings."""
+    model = getattr(model, "_orig_mod", model)
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": epoch,
+        "rng": rng_states(),
+        "log": log_dict or {},
+        "settings": {**(settings or {}), **model.settings()} if isinstance(model, VAE) else dict(settings or {}),
+    }
+    return atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (never runs code).
+
+    A plain state dict, as the lecture's notebook saves it, is returned wrapped as ``{"model": state_dict}``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; train first or check the path")
+    try:
+        loaded = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"checkpoint {path} is corrupted or truncated ({type(err).__name__}: {err}); "
+            "delete it and train again, or resume from an older copy"
+        ) from err
+    if not isinstance(loaded, dict):
+        raise TypeError(f"checkpoint {path} holds a {type(loaded).__name__}, not a state dict or checkpoint")
+    if loaded.get("format") == CHECKPOINT_FORMAT:
+        return loaded
+    if all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        return {"model": loaded, "epoch": None, "settings": {}, "log": {}}
+    raise ValueError(f"checkpoint {path} is not a celeba-vae checkpoint nor a plain state dict")
+
+
+def check_settings(checkpoint: dict[str, Any], model: torch.nn.Module, source: str | Path = "checkpoint") -> None:
+    """Raise a ValueError listing how the checkpoint's settings differ from ``model``'s, or its weights' shapes."""
+    model = getattr(model, "_orig_mod", model)
+    expected = model.settings() if isinstance(model, VAE) else {}
+    saved = checkpoint.get("settings", {})
+    diffs = [f"checkpoint has {k}={saved[k]!r}, model has {v!r}" for k, v in expected.items() if k in saved and saved[k] != v]
+    state = model.state_dict()
+    weights = checkpoint["model"]
+    missing = sorted(set(state) - set(weights))
+    unexpected = sorted(set(weights) - set(state))
+    if missing:
+        diffs.append(f"missing weights {missing[:3]}{'...' if len(missing) > 3 else ''}")
+    if unexpected:
+        diffs.append(f"unexpected weights {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+    diffs += [
+        f"{k} has shape {tuple(weights[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
+        for k, v in state.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
+    if diffs:
+        raise ValueError(f"{source} does not fit this model: " + "; ".join(diffs) + ". Build the model with the "
+                         "checkpoint's settings (see load_model) or pick the matching checkpoint.")
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", model: torch.nn.Module | None = None
+) -> torch.nn.Module:
+    """Load weights from ``path`` into ``model`` (built from the checkpoint's settings when ``None``), in eval mode."""
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    if model is None:
+        settings = checkpoint.get("settings", {})
+        model = VAE(latent_dim=settings.get("latent_dim", 200), decoder=settings.get("decoder", "transpose"))
+    check_settings(checkpoint, model, path)
+    model.load_state_dict(checkpoint["model"], strict=True)
+    return model.to(device).eval()
+
+
+def update_metrics(path: str | Path, section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``values`` into ``section`` of the metrics JSON at ``path`` (written atomically); return it all."""
+    path = Path(path)
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics.setdefault(section, {}).update(values)
+    atomic_write(path, lambda f: f.write(json.dumps(metrics, indent=2).encode()))
+    return metrics
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """The metrics JSON at ``path`` (empty when it does not exist yet)."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,300 @@
+"""The data layer: every supported layout, torchvision bit-identity, splits, the decoded cache, bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import helper_data
+from helper_data import (
+    CELEBA_ATTRIBUTE_NAMES,
+    CachedLoader,
+    CelebAFaces,
+    attribute_index,
+    build_decoded_cache,
+    compute_average_faces,
+    find_celeba,
+    get_cached_dataloaders_celeba,
+    get_dataloaders_celeba,
+    prepare_dataset,
+    read_index,
+    split_of_file_number,
+)
+from synthetic_celeba import write_synthetic_celeba
+
+
+class UncheckedCelebA(torchvision.datasets.CelebA):
+    """torchvision's CelebA without its md5 check (the fixture files are not the official ones)."""
+
+    def _check_integrity(self) -> bool:
+        return True
+
+
+def _all_items(dataset: CelebAFaces) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
+    return torch.stack(images), torch.stack(labels)
+
+
+@pytest.mark.parametrize("layout", ["torchvision", "flat", "kaggle", "zip"])
+def test_every_annotated_layout_gives_the_same_examples(layout: str, celeba_root: Path, tmp_path: Path) -> None:
+    root = write_synthetic_celeba(tmp_path / layout, num_images=60, seed=7, layout=layout)
+    source = find_celeba(root)
+    assert source.layout == ("torchvision" if layout == "zip" else layout)
+    reference = read_index(find_celeba(celeba_root))
+    for split in ("train", "valid", "test"):
+        ours = _all_items(CelebAFaces(root, split))
+        expected = _all_items(CelebAFaces(split=split, index=reference))
+        assert torch.equal(ours[0], expected[0]) and torch.equal(ours[1], expected[1])
+
+
+def test_zip_is_extracted_once_and_atomically(tmp_path: Path) -> None:
+    root = write_synthetic_celeba(tmp_path / "z", num_images=12, seed=1, layout="zip")
+    find_celeba(root)
+    images = root / "celeba" / "img_align_celeba"
+    assert len(list(images.glob("*.jpg"))) == 12
+    assert not list((root / "celeba").glob(".extracting-*"))
+    mtime = images.stat().st_mtime_ns
+    find_celeba(root)
+    assert images.stat().st_mtime_ns == mtime
+
+
+def test_a_zip_that_is_not_a_zip_says_what_to_do(tmp_path: Path) -> None:
+    root = write_synthetic_celeba(tmp_path / "z", num_images=6, seed=1, layout="zip")
+    (root / "celeba" / "img_align_celeba.zip").write_text("<html>Google Drive - quota exceeded</html>")
+    with pytest.raises(ValueError, match=r"img_align_celeba\.zip is not a valid zip.*download"):
+        find_celeba(root)
+    assert not (root / "celeba" / "img_align_celeba").exists()
+    assert not list((root / "celeba").glob(".extracting-*"))
+
+
+def test_bare_folder_uses_file_numbers_for_the_official_partition(tmp_path: Path) -> None:
+    numbers = [1, 2, 162770, 162771, 182637, 182638, 202599]
+    root = write_synthetic_celeba(tmp_path / "bare", num_images=len(numbers), layout="bare", file_numbers=numbers)
+    assert find_celeba(root).layout == "bare"
+    sizes = {split: len(CelebAFaces(root, split)) for split in ("train", "valid", "test")}
+    assert sizes == {"train": 3, "valid": 2, "test": 2}
+    dataset = CelebAFaces(root, "train")
+    assert not dataset.has_attributes
+    image, attributes = dataset[0]
+    assert image.shape == (3, 128, 128) and attributes.numel() == 0
+    with pytest.raises(ValueError, match="no attribute annotations"):
+        dataset.require_attributes()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2)
+    with pytest.raises(ValueError, match="no annotations"):
+        compute_average_faces(attribute_index("Smiling"), (3, 128, 128), loader)
+
+
+def test_split_boundaries_and_sizes() -> None:
+    assert [split_of_file_number(n) for n in (1, 162770, 162771, 182637, 182638, 202599)] == [0, 0, 1, 1, 2, 2]
+    assert sum(helper_data.OFFICIAL_SPLIT_SIZES.values()) == 202_599
+
+
+def test_split_sizes_follow_the_partition_file(celeba_root: Path) -> None:
+    lines = (celeba_root / "celeba" / "list_eval_partition.txt").read_text().split("\n")
+    counts = np.bincount([int(line.split()[1]) for line in lines if line.strip()], minlength=3)
+    assert [len(CelebAFaces(celeba_root, s)) for s in ("train", "valid", "test")] == counts.tolist()
+    assert all(counts > 0)
+
+
+def test_bit_identical_to_torchvision_celeba(celeba_root: Path) -> None:
+    for split in ("train", "valid", "test"):
+        ours = CelebAFaces(celeba_root, split)
+        theirs = UncheckedCelebA(str(celeba_root), split=split, target_type="attr",
+                                 transform=helper_data.default_transform())
+        assert len(ours) == len(theirs)
+        for i in range(len(ours)):
+            (a, a_attr), (b, b_attr) = ours[i], theirs[i]
+            assert a.dtype == b.dtype == torch.float32 and a.shape == (3, 128, 128)
+            assert torch.equal(a, b), f"image {i} of {split} differs"
+            assert a_attr.dtype == b_attr.dtype == torch.int64 and torch.equal(a_attr, b_attr)
+
+
+def test_decoded_cache_batches_equal_the_lecture_pipeline(celeba_copy: Path) -> None:
+    dataset = CelebAFaces(celeba_copy, "train")
+    decoded = build_decoded_cache(celeba_copy, "train", num_workers=2, progress=False)
+    assert decoded.images.dtype == np.uint8 and decoded.images.shape == (len(dataset), 3, 128, 128)
+    cached = torch.cat([x for x, _ in CachedLoader(decoded, batch_size=16)])
+    assert torch.equal(cached, _all_items(dataset)[0])
+    shuffled_images, shuffled_labels = next(iter(CachedLoader(decoded, batch_size=16, shuffle=True)))
+    for image, label in zip(shuffled_images, shuffled_labels, strict=True):
+        i = next(j for j in range(len(dataset)) if torch.equal(dataset[j][0], image))
+        assert torch.equal(dataset[i][1], label)
+
+
+def test_valid_loader_serves_the_valid_split(celeba_root: Path) -> None:
+    train, valid, test = get_dataloaders_celeba(batch_size=8, root=celeba_root)
+    index = read_index(find_celeba(celeba_root))
+    assert valid.dataset.filenames == index.split("valid")[0]
+    assert set(valid.dataset.filenames).isdisjoint(test.dataset.filenames)
+    assert set(train.dataset.filenames).isdisjoint(valid.dataset.filenames)
+    images, labels = next(iter(valid))
+    assert images.shape[1:] == (3, 128, 128) and labels.shape[1] == 40
+
+
+def test_cached_loaders_serve_the_three_splits(celeba_copy: Path) -> None:
+    loaders = get_cached_dataloaders_celeba(8, "cpu", root=celeba_copy, num_workers=1, progress=False)
+    index = read_index(find_celeba(celeba_copy))
+    for loader, split in zip(loaders, ("train", "valid", "test"), strict=True):
+        assert loader.dataset.filenames == index.split(split)[0]
+
+
+def test_attribute_names() -> None:
+    assert len(CELEBA_ATTRIBUTE_NAMES) == 40
+    assert attribute_index("Smiling") == 31 and attribute_index("Eyeglasses") == 15
+    with pytest.raises(KeyError, match="'Smilng'.*Smiling"):
+        attribute_index("Smilng")
+
+
+def test_cache_is_reused_then_rebuilt_when_stale_or_corrupted(celeba_copy: Path) -> None:
+    first = build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False)
+    stamp = first.path.stat().st_mtime_ns
+    assert build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False).path.stat().st_mtime_ns == stamp
+
+    victim = celeba_copy / "celeba" / "img_align_celeba" / first.filenames[0]
+    Image.open(victim).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(victim, quality=95)
+    rebuilt = build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False)
+    assert not np.array_equal(rebuilt.images[0], first.images[0])
+    assert np.array_equal(rebuilt.images[0], helper_data.decode_cropped(victim))
+
+    expected = np.stack([helper_data.decode_cropped(victim.parent / n) for n in rebuilt.filenames])
+    size = rebuilt.path.stat().st_size
+    del first, rebuilt
+    with open(celeba_copy / "celeba" / "decoded_cache" / "valid_128.npy", "r+b") as f:
+        f.seek(size - expected[0].size * len(expected))
+        f.write(bytes(expected[0].size))
+    assert np.array_equal(build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False).images, expected)
+    with open(celeba_copy / "celeba" / "decoded_cache" / "valid_128.npy", "r+b") as f:
+        f.truncate(size - 100)
+    assert np.array_equal(build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False).images, expected)
+
+    (celeba_copy / "celeba" / "decoded_cache" / "valid_128.npy").write_bytes(b"garbage")
+    assert np.array_equal(build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False).images, expected)
+
+
+def test_killed_cache_build_leaves_no_valid_looking_cache(celeba_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    real = helper_data.decode_cropped
+
+    def dies_midway(path: Path, crop_size: int = 128) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(path, crop_size)
+
+    monkeypatch.setattr(helper_data, "decode_cropped", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        build_decoded_cache(celeba_copy, "train", num_workers=1, progress=False)
+    cache_dir = celeba_copy / "celeba" / "decoded_cache"
+    assert sorted(p.name for p in cache_dir.iterdir()) == []
+    monkeypatch.setattr(helper_data, "decode_cropped", real)
+    assert build_decoded_cache(celeba_copy, "train", num_workers=1, progress=False).images.any()
+
+
+def test_download_failure_cleans_up_and_explains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def half_download(file_id: str, root: str, filename: str | None = None, md5: str | None = None) -> None:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        Path(root, filename or file_id).write_bytes(b"partial")
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets.celeba, "download_file_from_google_drive", half_download)
+    root = tmp_path / "data"
+    with pytest.raises(RuntimeError, match=r"(?s)Downloading CelebA failed.*Network is unreachable.*Kaggle"):
+        get_dataloaders_celeba(batch_size=4, download=True, root=root)
+    assert not any(p.is_file() for p in root.rglob("*"))
+
+
+def test_prepare_dataset_never_replaces_celeba_silently(tmp_path: Path, celeba_root: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        prepare_dataset("celeba", tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    choice = prepare_dataset("auto", tmp_path / "empty", num_synthetic=8, seed=3)
+    assert choice.kind == "synthetic" and "SYNTHETIC" in choice.message and "not found" in choice.message
+    assert len(CelebAFaces(choice.root, "all")) == 8
+    assert prepare_dataset("auto", celeba_root).kind == "celeba"
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=f"data root {tmp_path / 'nope'} does not exist"):
+        CelebAFaces(tmp_path / "nope")
+
+
+def test_no_layout_lists_what_was_expected(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(FileNotFoundError, match=r"(?s)not found under.*list_attr_celeba\.txt.*Kaggle.*\.zip"):
+        find_celeba(tmp_path)
+
+
+def test_empty_image_folder(celeba_copy: Path) -> None:
+    images = celeba_copy / "celeba" / "img_align_celeba"
+    shutil.rmtree(images)
+    images.mkdir()
+    with pytest.raises(FileNotFoundError, match=f"images folder {images} is empty"):
+        find_celeba(celeba_copy)
+
+
+def test_malformed_annotation_line_names_file_and_line(celeba_copy: Path) -> None:
+    attr = celeba_copy / "celeba" / "list_attr_celeba.txt"
+    lines = attr.read_text().splitlines()
+    lines[4] = lines[4].replace("-1", "maybe", 1)
+    attr.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=f"{attr}, line 5: expected an image name and 40 values"):
+        CelebAFaces(celeba_copy)
+    partition = celeba_copy / "celeba" / "list_eval_partition.txt"
+    partition.write_text(partition.read_text().replace(" 0\n", " 7\n", 1))
+    with pytest.raises(ValueError, match=f"{partition}, line 1: expected an image name and a split"):
+        CelebAFaces(celeba_copy)
+
+
+def test_partition_naming_a_missing_image(celeba_copy: Path) -> None:
+    (celeba_copy / "celeba" / "img_align_celeba" / "000003.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"names 1 image\(s\) missing.*000003\.jpg"):
+        CelebAFaces(celeba_copy)
+
+
+def test_truncated_jpeg_is_named(celeba_copy: Path) -> None:
+    victim = celeba_copy / "celeba" / "img_align_celeba" / "000001.jpg"
+    victim.write_bytes(victim.read_bytes()[:600])
+    with pytest.raises(OSError, match="image .*000001.jpg is unreadable or truncated"):
+        CelebAFaces(celeba_copy, "train")[0]
+    with pytest.raises(OSError, match="000001.jpg is unreadable or truncated"):
+        build_decoded_cache(celeba_copy, "train", num_workers=1, progress=False)
+    assert not list((celeba_copy / "celeba" / "decoded_cache").glob("*.npy"))
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_grayscale_and_cmyk_are_converted_to_rgb(celeba_copy: Path, mode: str) -> None:
+    victim = celeba_copy / "celeba" / "img_align_celeba" / "000001.jpg"
+    Image.open(victim).convert(mode).save(victim)
+    image, _ = CelebAFaces(celeba_copy, "train")[0]
+    assert image.shape == (3, 128, 128)
+    expected = Image.open(victim).convert("RGB")
+    assert torch.equal(image, helper_data.default_transform()(expected))
+    if mode == "L":
+        assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+
+
+def test_image_smaller_than_the_crop(celeba_copy: Path) -> None:
+    victim = celeba_copy / "celeba" / "img_align_celeba" / "000002.jpg"
+    Image.open(victim).resize((100, 90)).save(victim)
+    with pytest.raises(ValueError, match=r"000002\.jpg is 100x90, smaller than the 128x128 crop"):
+        CelebAFaces(celeba_copy, "train")[1]
+    with pytest.raises(ValueError, match=r"000002\.jpg is 100x90"):
+        build_decoded_cache(celeba_copy, "train", num_workers=1, progress=False)
+
+
+def test_cache_folder_not_writable(celeba_copy: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OSError, match="cannot write the decoded cache in .*a-file.*writable cache_dir"):
+        build_decoded_cache(celeba_copy, "valid", cache_dir=blocker / "cache", num_workers=1, progress=False)
+    assert os.path.isfile(blocker)

@@ -1,0 +1,83 @@
+"""Latent arithmetic, interpolation and latent statistics on a VAE trained briefly on synthetic faces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helper_data import attribute_index, compute_average_faces, get_cached_dataloaders_celeba
+from helper_latent import attribute_direction, decode, encode_dataset, interpolate, latent_statistics, reconstruct
+from helper_train import evaluate_vae, train_vae_v1
+from helper_utils import set_all_seeds
+from model import VAE
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[VAE, tuple]:
+    from synthetic_celeba import write_synthetic_celeba
+
+    root = write_synthetic_celeba(tmp_path_factory.mktemp("latent") / "data", num_images=480, seed=21)
+    loaders = get_cached_dataloaders_celeba(16, "cpu", root=root, num_workers=1, progress=False)
+    set_all_seeds(123)
+    model = VAE()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train_vae_v1(8, model, optimizer, "cpu", loaders[0], skip_epoch_stats=True, progress=False, logging_interval=1000)
+    return model.eval(), loaders
+
+
+def test_smiling_direction_moves_a_face_towards_the_average_smile(trained: tuple) -> None:
+    model, (train_loader, _, test_loader) = trained
+    smiling = attribute_index("Smiling")
+    direction, _, _ = attribute_direction(model, train_loader, "Smiling", "cpu")
+    assert direction.shape == (200,) and direction.norm() > 0.1
+    average_smile, _ = compute_average_faces(smiling, (3, 128, 128), train_loader)
+    faces = torch.cat([images[labels[:, smiling] == 0] for images, labels in test_loader])[:16]
+    assert len(faces) >= 8
+    z, _ = model.encode(faces)
+    plain = decode(model, z.detach(), "cpu")
+    moved = decode(model, z.detach() + direction, "cpu")
+
+    def distance(images: torch.Tensor, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
+        return (images[:, :, rows, cols] - average_smile[:, rows, cols]).pow(2).flatten(1).sum(1)
+
+    mouth = (slice(78, 108), slice(40, 88))  # where the synthetic faces draw the mouth, in the 128x128 crop
+    assert (distance(moved, *mouth) < distance(plain, *mouth)).float().mean() >= 0.75
+    assert distance(moved, *mouth).mean() < distance(plain, *mouth).mean()
+    assert distance(moved).mean() < distance(plain).mean()
+
+
+def test_interpolation_endpoints_are_the_reconstructions(trained: tuple) -> None:
+    model, (_, _, test_loader) = trained
+    images, _ = next(iter(test_loader))
+    frames = interpolate(model, images[0], images[1], "cpu", steps=7)
+    assert frames.shape == (7, 3, 128, 128)
+    ends = reconstruct(model, images[:2], "cpu")
+    assert torch.allclose(frames[0], ends[0], atol=1e-5) and torch.allclose(frames[-1], ends[1], atol=1e-5)
+    assert not torch.allclose(frames[3], ends[0], atol=1e-3)
+    with pytest.raises(ValueError, match="steps=1"):
+        interpolate(model, images[0], images[1], "cpu", steps=1)
+
+
+def test_latent_statistics_agree_with_the_test_kl(trained: tuple) -> None:
+    model, (_, _, test_loader) = trained
+    codes = encode_dataset(model, test_loader, "cpu")
+    assert codes["z"].shape == (len(test_loader.dataset.filenames), 200)
+    stats = latent_statistics(codes["z_mean"], codes["z_log_var"])
+    assert stats["kl_per_dim"].shape == (200,) and (stats["kl_per_dim"] >= 0).all()
+    assert stats["total_kl"] == pytest.approx(evaluate_vae(model, test_loader, "cpu")["kl"], rel=1e-4)
+    assert 0 < stats["active_units"] <= 200
+    limited = encode_dataset(model, test_loader, "cpu", max_images=5)
+    assert len(limited["z"]) == 5
+
+
+def test_active_units_and_aggregate_posterior_on_known_codes() -> None:
+    torch.manual_seed(0)
+    z_mean = torch.zeros(5000, 10)
+    z_mean[:, :3] = torch.randn(5000, 3)
+    z_log_var = torch.zeros(5000, 10)
+    z_log_var[:, :3] = -20.0
+    stats = latent_statistics(z_mean, z_log_var)
+    assert stats["active_units"] == 3
+    assert torch.allclose(stats["aggregate_std"], torch.ones(10), atol=0.05)
+    assert torch.allclose(stats["aggregate_kl_to_prior"], torch.zeros(10), atol=0.01)
+    assert torch.allclose(stats["kl_per_dim"][3:], torch.zeros(7))

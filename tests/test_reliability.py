@@ -1,0 +1,150 @@
+"""Checkpoints are safe and explain themselves; training survives a real kill."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import helper_utils
+from helper_utils import atomic_write, load_checkpoint, load_model, save_checkpoint
+from model import VAE
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _checkpoint(tmp_path: Path, model: VAE | None = None) -> Path:
+    model = model or VAE()
+    optimizer = torch.optim.Adam(model.parameters())
+    return save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, epoch=3,
+                           log_dict={"epoch": [1, 2, 3]}, settings={"dataset": "synthetic", "crop": 128})
+
+
+def test_checkpoint_holds_everything_and_loads_with_weights_only(tmp_path: Path) -> None:
+    path = _checkpoint(tmp_path)
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) >= {"model", "optimizer", "epoch", "rng", "log", "settings"}
+    assert raw["epoch"] == 3 and raw["log"]["epoch"] == [1, 2, 3]
+    assert raw["settings"] == {"dataset": "synthetic", "crop": 128, "latent_dim": 200, "decoder": "transpose"}
+    helper_utils.restore_rng_states(raw["rng"])
+
+
+def test_settings_mismatch_is_spelled_out(tmp_path: Path) -> None:
+    path = _checkpoint(tmp_path, VAE(latent_dim=100))
+    with pytest.raises(ValueError, match="checkpoint has latent_dim=100, model has 200"):
+        load_model(path, model=VAE())
+    assert load_model(path).latent_dim == 100
+
+
+def test_checkpoint_of_another_architecture(tmp_path: Path) -> None:
+    path = _checkpoint(tmp_path, VAE(decoder="nearest"))
+    with pytest.raises(ValueError, match="checkpoint has decoder='nearest', model has 'transpose'"):
+        load_model(path, model=VAE())
+    torch.save(torch.nn.Linear(3, 4).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"other.pt does not fit this model: missing weights"):
+        load_model(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupted_or_truncated_checkpoint(tmp_path: Path, damage: str) -> None:
+    path = _checkpoint(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a checkpoint" * 100)
+    with pytest.raises(ValueError, match=f"checkpoint {path} is corrupted or truncated"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist; train first"):
+        load_model(tmp_path / "nope.pt")
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _checkpoint(tmp_path)
+    before = path.read_bytes()
+
+    def full_disk(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="could not write .*checkpoint.pt .*No space left.*previous file.*intact"):
+        save_checkpoint(path, VAE(), epoch=4)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_output_folder_not_writable(tmp_path: Path) -> None:
+    blocker = tmp_path / "outputs"
+    blocker.write_text("a file where the output folder should be")
+    with pytest.raises(OSError, match="cannot write .*outputs/run/checkpoint.pt.*writable output folder"):
+        save_checkpoint(blocker / "run" / "checkpoint.pt", VAE())
+    with pytest.raises(OSError, match="cannot write"):
+        atomic_write(blocker / "metrics.json", lambda f: f.write(b"{}"))
+
+
+TRAIN_SCRIPT = """
+import sys, time, torch
+from helper_data import get_cached_dataloaders_celeba
+from helper_train import train_vae_v1
+from helper_utils import set_all_seeds
+from model import VAE
+
+root, checkpoint, resume, slow = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4] == "1"
+torch.set_num_threads(1)
+set_all_seeds(123)
+train_loader, valid_loader, _ = get_cached_dataloaders_celeba(16, "cpu", root=root, num_workers=1, progress=False)
+
+class SlowLoader:
+    def __len__(self): return len(train_loader)
+    def __iter__(self):
+        for batch in train_loader:
+            time.sleep(0.3 if slow else 0)
+            yield batch
+
+model = VAE()
+optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+train_vae_v1(5, model, optimizer, "cpu", SlowLoader(), valid_loader=valid_loader, checkpoint_path=checkpoint,
+             resume=resume, progress=False, settings={"dataset": "synthetic"})
+"""
+
+
+def _train(root: Path, checkpoint: Path, resume: bool, slow: bool) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, str(root), str(checkpoint), str(int(resume)),
+                             str(int(slow))], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_killed_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    from synthetic_celeba import write_synthetic_celeba
+
+    root = write_synthetic_celeba(tmp_path / "data", num_images=48, seed=5)
+    reference = tmp_path / "reference.pt"
+    out, _ = _train(root, reference, resume=False, slow=False).communicate(timeout=300)
+    assert torch.load(reference, weights_only=True)["epoch"] == 5, out
+
+    interrupted = tmp_path / "interrupted.pt"
+    process = _train(root, interrupted, resume=False, slow=True)
+    deadline = time.time() + 240
+    while not interrupted.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    stopped_at = torch.load(interrupted, weights_only=True)["epoch"]
+    assert 1 <= stopped_at < 5
+
+    out, _ = _train(root, interrupted, resume=True, slow=False).communicate(timeout=300)
+    assert f"{stopped_at} of 5 epochs already done" in out
+    resumed, expected = torch.load(interrupted, weights_only=True), torch.load(reference, weights_only=True)
+    assert resumed["epoch"] == 5 and resumed["log"]["epoch"] == [1, 2, 3, 4, 5]
+    assert resumed["log"]["train_combined_loss_per_epoch"] == expected["log"]["train_combined_loss_per_epoch"]
+    for key, value in expected["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
