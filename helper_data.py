@@ -7,11 +7,14 @@ into a memory-mappable ``.npy`` file that :class:`CachedLoader` batches without 
 
 from __future__ import annotations
 
+import ctypes
 import difflib
+import functools
 import hashlib
 import json
 import multiprocessing
 import os
+import platform
 import shutil
 import tempfile
 import zipfile
@@ -444,6 +447,20 @@ def _write_cache(
     return images
 
 
+@functools.cache
+def _reuse_freed_batch_memory() -> None:
+    """Let glibc keep freed batch-sized blocks for reuse instead of handing them back to the kernel.
+
+    A float batch of 256 images is 48 MiB, above glibc's mmap threshold, so each new batch would otherwise be
+    fresh pages the kernel must zero: that zeroing was most of the CPU data path's time (14k vs 31k images/s).
+    """
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 1 << 30)
+        libc.mallopt(m_trim_threshold, 1 << 30)
+
+
 class CachedLoader:
     """Batches ``(images, attributes)`` from a :class:`DecodedSplit` with no per-image Python work.
 
@@ -472,6 +489,8 @@ class CachedLoader:
         if self.on_device:
             self.images = torch.from_numpy(np.ascontiguousarray(split.images)).to(self.device)
             self.attributes = self.attributes.to(self.device)
+        else:
+            _reuse_freed_batch_memory()
 
     @property
     def dataset(self) -> DecodedSplit:

@@ -131,13 +131,13 @@ def train_vae_v1(
     Losses are accumulated on the device and read back every ``logging_interval`` steps (no per-step sync).
     With ``checkpoint_path`` a checkpoint is written atomically after every epoch and ``resume=True``
     continues from the last completed one. ``precision="auto"`` means bf16 autocast on CUDA, fp32 elsewhere;
-    ``channels_last`` defaults to on for CUDA; ``compile`` opts into ``torch.compile``. A NaN or infinite
-    loss stops training with an error, keeping the last good checkpoint. ``skip_epoch_stats`` skips the
-    per-epoch validation pass. ``save_model`` receives the final state dict, as in the lecture.
+    ``channels_last`` defaults to on for CUDA and CPU (faster on both); ``compile`` opts into ``torch.compile``.
+    A NaN or infinite loss stops training with an error, keeping the last good checkpoint.
+    ``skip_epoch_stats`` skips the per-epoch validation pass. ``save_model`` receives the final state dict, as in the lecture.
     """
     device = torch.device(device)
     precision = _resolve_precision(precision, device)
-    channels_last = device.type == "cuda" if channels_last is None else channels_last
+    channels_last = device.type in ("cuda", "cpu") if channels_last is None else channels_last
     if device.type == "cuda":
         torch.set_float32_matmul_precision("highest" if precision == "fp32" else "high")
         torch.backends.cudnn.allow_tf32 = precision != "fp32"
@@ -213,3 +213,24 @@ def decoder_comparison_table(metrics: dict[str, Any]) -> str:
         rows.append(f"| {decoder} | {run.get('epochs', '?')} | {test.get('reconstruction', float('nan')):.2f} | "
                     f"{test.get('kl', float('nan')):.2f} | {test.get('combined', float('nan')):.2f} |")
     return "\n".join(rows)
+
+
+@torch.no_grad()
+def mean_image_baseline(train_loader: Iterable, test_loader: Iterable) -> float:
+    """Per-image summed squared error on the test set of always predicting the mean training image.
+
+    A model's test reconstruction error should be well below this.
+    """
+    total, count = None, 0
+    for features, _ in train_loader:
+        batch_sum = features.double().sum(dim=0)
+        total = batch_sum if total is None else total + batch_sum
+        count += len(features)
+    if total is None:
+        raise ValueError("mean_image_baseline got an empty training loader")
+    mean_image = total / count
+    error, images = 0.0, 0
+    for features, _ in test_loader:
+        error += float((features.double() - mean_image.to(features.device)).pow(2).sum())
+        images += len(features)
+    return error / images

@@ -22,8 +22,8 @@ NOTEBOOKS_DIR = Path(__file__).resolve().parent / "notebooks"
 TRAIN, SAMPLE, LATENT, ARITHMETIC = (
     "1_train_vae.ipynb", "2_sample_and_reconstruct.ipynb", "3_latent_histograms.ipynb", "4_latent_arithmetic.ipynb"
 )
-DEMO_EPOCHS = 3
-LECTURE_EPOCHS = 50
+DEMO_EPOCHS, DEMO_BATCH_SIZE = 5, 64
+LECTURE_EPOCHS, LECTURE_BATCH_SIZE = 50, 256
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None,
                         help=f"default {LECTURE_EPOCHS} on CelebA, {DEMO_EPOCHS} on the synthetic demo")
     parser.add_argument("--num-synthetic", type=int, default=2000, help="size of the synthetic set (demo budget)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"default {LECTURE_BATCH_SIZE} on CelebA, {DEMO_BATCH_SIZE} on the synthetic demo")
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--decoder", choices=["transpose", "nearest", "both"], default="transpose")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
@@ -46,8 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def plan(args: argparse.Namespace) -> tuple[str, int]:
-    """The dataset the run will use and its epoch count, announced plainly."""
+def plan(args: argparse.Namespace) -> tuple[str, int, int]:
+    """The dataset the run will use, its epoch count and batch size, announced plainly."""
     dataset = args.dataset
     if dataset == "auto":
         try:
@@ -57,19 +58,22 @@ def plan(args: argparse.Namespace) -> tuple[str, int]:
             dataset = "synthetic"
             print(f"CelebA was not found under {args.data_root}: running the DEMO on {args.num_synthetic} synthetic "
                   "faces (not CelebA). See the README to get CelebA.")
-    epochs = args.epochs if args.epochs is not None else (LECTURE_EPOCHS if dataset == "celeba" else DEMO_EPOCHS)
-    print(f"Dataset: {dataset}, epochs: {epochs}, decoder(s): {args.decoder}, output: {args.output_dir}")
-    return dataset, epochs
+    celeba = dataset == "celeba"
+    epochs = args.epochs if args.epochs is not None else (LECTURE_EPOCHS if celeba else DEMO_EPOCHS)
+    batch_size = args.batch_size if args.batch_size is not None else (LECTURE_BATCH_SIZE if celeba else DEMO_BATCH_SIZE)
+    print(f"Dataset: {dataset}, epochs: {epochs}, batch size: {batch_size}, decoder(s): {args.decoder}, "
+          f"output: {args.output_dir}")
+    return dataset, epochs, batch_size
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    dataset, epochs = plan(args)
+    dataset, epochs, batch_size = plan(args)
     output_dir = Path(args.output_dir).resolve()
     executed = output_dir / "notebooks"
     executed.mkdir(parents=True, exist_ok=True)
     common = {"dataset": dataset, "data_root": str(Path(args.data_root).resolve()), "num_synthetic": args.num_synthetic,
-              "device": args.device, "batch_size": args.batch_size, "random_seed": args.seed,
+              "device": args.device, "batch_size": batch_size, "random_seed": args.seed,
               "output_dir": str(output_dir)}
     decoders = ["transpose", "nearest"] if args.decoder == "both" else [args.decoder]
     steps: list[tuple[str, str, dict]] = []
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         out = executed / f"{Path(notebook).stem}_{decoder}.ipynb"
         print(f"Running {notebook} ({decoder}) -> {out}")
         pm.execute_notebook(NOTEBOOKS_DIR / notebook, out, parameters={**common, "decoder": decoder, **extra},
-                            cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+                            cwd=str(NOTEBOOKS_DIR), progress_bar=False, stdout_file=sys.stdout)
     metrics_path = output_dir / "metrics.json"
     print(f"Figures: {output_dir / 'figures'}\nMetrics: {metrics_path}")
     print(json.dumps(json.loads(metrics_path.read_text()).get("runs", {}), indent=2))

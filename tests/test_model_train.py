@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from helper_data import get_cached_dataloaders_celeba
-from helper_train import decoder_comparison_table, evaluate_vae, train_vae_v1, vae_loss
+from helper_train import decoder_comparison_table, evaluate_vae, mean_image_baseline, train_vae_v1, vae_loss
 from helper_utils import load_model, set_all_seeds
 from model import VAE
 
@@ -179,3 +179,9 @@ def test_decoder_comparison_table_has_both_rows() -> None:
     assert len(table) == 4
     assert table[2].startswith("| nearest | 2 | 480.00 | 10.00 | 490.00")
     assert table[3].startswith("| transpose | 2 | 500.00 | 10.00 | 510.00")
+
+
+def test_mean_image_baseline_by_hand() -> None:
+    train = [(torch.tensor([[0.0, 2.0]]), None), (torch.tensor([[2.0, 4.0]]), None)]
+    test = [(torch.tensor([[1.0, 3.0], [3.0, 3.0]]), None)]
+    assert mean_image_baseline(train, test) == pytest.approx((0.0 + 4.0) / 2)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,22 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
     assert resumed["log"]["train_combined_loss_per_epoch"] == expected["log"]["train_combined_loss_per_epoch"]
     for key, value in expected["model"].items():
         assert torch.equal(resumed["model"][key], value), key
+
+
+def test_a_cuda_checkpoint_loads_on_a_cpu_only_machine(tmp_path: Path) -> None:
+    path = _checkpoint(tmp_path)
+    with zipfile.ZipFile(path) as original:
+        members = {name: original.read(name) for name in original.namelist()}
+    pickle_name = next(name for name in members if name.endswith("data.pkl"))
+    assert members[pickle_name].count(b"X\x03\x00\x00\x00cpu") == 1  # the storage location, memoized once
+    members[pickle_name] = members[pickle_name].replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+    cuda_path = tmp_path / "saved_on_cuda.pt"
+    with zipfile.ZipFile(cuda_path, "w", zipfile.ZIP_STORED) as forged:
+        for name, data in members.items():
+            forged.writestr(name, data)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(cuda_path, weights_only=True)
+    model = load_model(cuda_path, "cpu")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert torch.equal(model.state_dict()["z_mean.weight"], load_model(path).state_dict()["z_mean.weight"])
