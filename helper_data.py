@@ -487,7 +487,10 @@ class CachedLoader:
         self.attributes = torch.from_numpy(attrs.astype(np.int64))
         self.images: torch.Tensor | np.ndarray = split.images
         if self.on_device:
-            self.images = torch.from_numpy(np.ascontiguousarray(split.images)).to(self.device)
+            self.images = torch.empty(split.images.shape, dtype=torch.uint8, device=self.device)
+            for start in range(0, len(split), 8192):
+                chunk = np.ascontiguousarray(split.images[start:start + 8192])
+                self.images[start:start + len(chunk)] = torch.from_numpy(chunk).to(self.device)
             self.attributes = self.attributes.to(self.device)
         else:
             _reuse_freed_batch_memory()
