@@ -62,7 +62,9 @@ def attribute_index(name: str) -> int:
     except ValueError:
         close = difflib.get_close_matches(name, CELEBA_ATTRIBUTE_NAMES, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown CelebA attribute {name!r}.{hint} Valid names: helper_data.CELEBA_ATTRIBUTE_NAMES") from None
+        raise KeyError(
+            f"unknown CelebA attribute {name!r}.{hint} Valid names: helper_data.CELEBA_ATTRIBUTE_NAMES"
+        ) from None
 
 
 # --------------------------------------------------------------------------- finding CelebA
@@ -440,7 +442,8 @@ def _write_cache(
         Path(tmp_name).unlink(missing_ok=True)
         raise
     images = np.load(data_path, mmap_mode="r")
-    meta = {"key": key, "shape": list(shape), "checksum": _sample_checksum(images), "source": str(index.source.image_dir)}
+    meta = {"key": key, "shape": list(shape), "checksum": _sample_checksum(images),
+            "source": str(index.source.image_dir)}
     tmp_meta = meta_path.with_suffix(".json.tmp")
     tmp_meta.write_text(json.dumps(meta))
     os.replace(tmp_meta, meta_path)

@@ -13,7 +13,7 @@ from helper_data import attribute_index, compute_average_faces
 def encode_dataset(
     model: torch.nn.Module, data_loader: Iterable, device: str | torch.device, max_images: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """Encode up to ``max_images`` images in eval mode: ``z`` (sampled), ``z_mean``, ``z_log_var`` and ``attributes``."""
+    """Encode up to ``max_images`` images in eval mode: ``z`` (sampled), ``z_mean``, ``z_log_var``, ``attributes``."""
     was_training = model.training
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {"z": [], "z_mean": [], "z_log_var": [], "attributes": []}
@@ -32,7 +32,9 @@ def encode_dataset(
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def latent_statistics(z_mean: torch.Tensor, z_log_var: torch.Tensor, active_threshold: float = 0.01) -> dict[str, object]:
+def latent_statistics(
+    z_mean: torch.Tensor, z_log_var: torch.Tensor, active_threshold: float = 0.01
+) -> dict[str, object]:
     """Per-dimension KL to the prior, active units and how far the aggregate posterior is from N(0, 1).
 
     A unit is active when the variance over images of its posterior mean exceeds ``active_threshold``

@@ -133,7 +133,8 @@ def train_vae_v1(
     continues from the last completed one. ``precision="auto"`` means bf16 autocast on CUDA, fp32 elsewhere;
     ``channels_last`` defaults to on for CUDA and CPU (faster on both); ``compile`` opts into ``torch.compile``.
     A NaN or infinite loss stops training with an error, keeping the last good checkpoint.
-    ``skip_epoch_stats`` skips the per-epoch validation pass. ``save_model`` receives the final state dict, as in the lecture.
+    ``skip_epoch_stats`` skips the per-epoch validation pass. ``save_model`` receives the final state dict,
+    as in the lecture.
     """
     device = torch.device(device)
     precision = _resolve_precision(precision, device)
@@ -188,7 +189,8 @@ def train_vae_v1(
         for key in LOSS_KEYS:
             values = log[f"train_{key}_loss_per_batch"][epoch_start:]
             log[f"train_{key}_loss_per_epoch"].append(sum(values) / max(len(values), 1))
-        summary = f"***Epoch: {epoch + 1:03d}/{num_epochs:03d} | Train loss: {log['train_combined_loss_per_epoch'][-1]:.3f}"
+        train_loss = log["train_combined_loss_per_epoch"][-1]
+        summary = f"***Epoch: {epoch + 1:03d}/{num_epochs:03d} | Train loss: {train_loss:.3f}"
         if valid_loader is not None and not skip_epoch_stats:
             valid = evaluate_vae(model, valid_loader, device, loss_fn, reconstruction_term_weight, precision)
             for key in LOSS_KEYS:

@@ -71,7 +71,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     except BaseException as err:
         Path(tmp_name).unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise OSError(f"could not write {path} ({err.strerror or err}); the previous file, if any, is intact")
+            message = f"could not write {path} ({err.strerror or err}); the previous file, if any, is intact"
+            raise OSError(message) from err
         raise
     return path
 
@@ -152,7 +153,8 @@ def check_settings(checkpoint: dict[str, Any], model: torch.nn.Module, source: s
     model = getattr(model, "_orig_mod", model)
     expected = model.settings() if isinstance(model, VAE) else {}
     saved = checkpoint.get("settings", {})
-    diffs = [f"checkpoint has {k}={saved[k]!r}, model has {v!r}" for k, v in expected.items() if k in saved and saved[k] != v]
+    diffs = [f"checkpoint has {k}={saved[k]!r}, model has {v!r}"
+             for k, v in expected.items() if k in saved and saved[k] != v]
     state = model.state_dict()
     weights = checkpoint["model"]
     missing = sorted(set(state) - set(weights))

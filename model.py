@@ -45,7 +45,8 @@ def _decoder(latent_dim: int, kind: str) -> nn.Sequential:
         if kind == "transpose":
             layers.append(nn.ConvTranspose2d(c_in, c_out, stride=2, kernel_size=3, padding=0 if i == 0 else 1))
         else:
-            layers += [nn.UpsamplingNearest2d(scale_factor=2), nn.Conv2d(c_in, c_out, stride=1, kernel_size=3, padding=1)]
+            layers += [nn.UpsamplingNearest2d(scale_factor=2),
+                       nn.Conv2d(c_in, c_out, stride=1, kernel_size=3, padding=1)]
         if i < len(channels) - 1:
             layers += _block(c_out)
     if kind == "transpose":

@@ -170,7 +170,8 @@ def _annotations(names: list[str], attributes: np.ndarray, rng: np.random.Genera
     jitter = rng.integers(-2, 3, (n, 10))
     landmarks = np.array([74, 102, 104, 102, 89, 118, 75, 137, 103, 137]) + jitter
     bbox_names = ["image_id", "x_1", "y_1", "width", "height"]
-    mark_names = ["lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y", "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y"]
+    mark_names = ["lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y",
+                  "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y"]
     if csv:
         def table(header: list[str], rows: np.ndarray) -> str:
             return ",".join(header) + "\n" + "".join(

@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(~{results['cache_build_s_per_202599']:.0f} s per 202,599; target <= 60 s on the GPU machine); "
           f"reuse {results['cache_reuse_s']:.2f} s")
     check = results["loss_check"]
-    print(f"test loss after {args.check_loss_steps} steps: fp32 eager {check['fp32_eager']:.2f}, fast {check['fast']:.2f} "
+    print(f"test loss after {args.check_loss_steps} steps: fp32 eager {check['fp32_eager']:.2f}, "
+          f"fast {check['fast']:.2f} "
           f"({100 * check['relative_difference']:.2f}% apart; target < 1%)")
     print(f"peak host memory: {results['peak_host_mib']:.0f} MiB (DataLoader workers: "
           f"{results['peak_host_children_mib']:.0f} MiB)"

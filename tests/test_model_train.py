@@ -98,7 +98,8 @@ def test_loss_matches_a_hand_computation() -> None:
     rec_hand, kl_hand = 0.0, 0.0
     for i in range(2):
         rec_hand += sum(float(d - t) ** 2 for d, t in zip(decoded[i].flatten(), x[i].flatten(), strict=True))
-        kl_hand += sum(0.5 * (float(m) ** 2 + float(v.exp()) - float(v) - 1) for m, v in zip(mu[i], log_var[i], strict=True))
+        kl_hand += sum(0.5 * (float(m) ** 2 + float(v.exp()) - float(v) - 1)
+                       for m, v in zip(mu[i], log_var[i], strict=True))
     combined, rec, kl = vae_loss(x, decoded, mu, log_var, reconstruction_term_weight=2.0)
     assert rec.item() == pytest.approx(rec_hand / 2, rel=1e-5)
     assert kl.item() == pytest.approx(kl_hand / 2, rel=1e-5)

@@ -42,7 +42,8 @@ def test_runner_executes_all_notebooks_for_both_decoders(tmp_path: Path) -> None
     expected = {"transpose_loss_combined.png", "nearest_loss_kl.png", "transpose_test_reconstructions.png",
                 "nearest_samples_0.png", "transpose_latent_histograms.png", "transpose_latent_summary.png",
                 "decoders_reconstructions.png", "decoders_samples.png", "average_faces_Smiling.png",
-                "transpose_modified_Eyeglasses.png", "nearest_latent_average_faces_Smiling.png", "nearest_interpolation.png", "nearest_interpolation.gif"}
+                "transpose_modified_Eyeglasses.png", "nearest_latent_average_faces_Smiling.png",
+                "nearest_interpolation.png", "nearest_interpolation.gif"}
     assert expected <= figures
     for name in expected - {"nearest_interpolation.gif"}:
         with Image.open(out / "figures" / name) as image:
