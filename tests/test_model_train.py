@@ -186,3 +186,19 @@ def test_mean_image_baseline_by_hand() -> None:
     train = [(torch.tensor([[0.0, 2.0]]), None), (torch.tensor([[2.0, 4.0]]), None)]
     test = [(torch.tensor([[1.0, 3.0], [3.0, 3.0]]), None)]
     assert mean_image_baseline(train, test) == pytest.approx((0.0 + 4.0) / 2)
+
+
+def test_a_new_run_keeps_the_previous_checkpoint_as_backup(loaders: tuple, tmp_path: Path) -> None:
+    train_loader, _, _ = loaders
+    checkpoint = tmp_path / "checkpoint.pt"
+
+    def one_step_run() -> None:
+        model = VAE()
+        train_vae_v1(1, model, torch.optim.Adam(model.parameters()), "cpu", [next(iter(train_loader))],
+                     checkpoint_path=checkpoint, skip_epoch_stats=True, progress=False)
+
+    one_step_run()
+    first = checkpoint.read_bytes()
+    one_step_run()
+    assert checkpoint.with_name("checkpoint.pt.bak").read_bytes() == first
+    assert checkpoint.read_bytes() != first
