@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from helper_data import CELEBA_ATTRIBUTE_NAMES, OFFICIAL_SPLIT_SIZES
+from celeba_files import CELEBA_ATTRIBUTE_NAMES, OFFICIAL_SPLIT_SIZES
 
 LAYOUTS = ("torchvision", "flat", "kaggle", "zip", "bare")
 HEIGHT, WIDTH = 218, 178

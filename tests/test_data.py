@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -15,13 +14,11 @@ from PIL import Image
 import helper_data
 from helper_data import (
     CELEBA_ATTRIBUTE_NAMES,
-    CachedLoader,
     CelebAFaces,
     attribute_index,
     build_decoded_cache,
     compute_average_faces,
     find_celeba,
-    get_cached_dataloaders_celeba,
     get_dataloaders_celeba,
     prepare_dataset,
     read_index,
@@ -116,18 +113,6 @@ def test_bit_identical_to_torchvision_celeba(celeba_root: Path) -> None:
             assert a_attr.dtype == b_attr.dtype == torch.int64 and torch.equal(a_attr, b_attr)
 
 
-def test_decoded_cache_batches_equal_the_lecture_pipeline(celeba_copy: Path) -> None:
-    dataset = CelebAFaces(celeba_copy, "train")
-    decoded = build_decoded_cache(celeba_copy, "train", num_workers=2, progress=False)
-    assert decoded.images.dtype == np.uint8 and decoded.images.shape == (len(dataset), 3, 128, 128)
-    cached = torch.cat([x for x, _ in CachedLoader(decoded, batch_size=16)])
-    assert torch.equal(cached, _all_items(dataset)[0])
-    shuffled_images, shuffled_labels = next(iter(CachedLoader(decoded, batch_size=16, shuffle=True)))
-    for image, label in zip(shuffled_images, shuffled_labels, strict=True):
-        i = next(j for j in range(len(dataset)) if torch.equal(dataset[j][0], image))
-        assert torch.equal(dataset[i][1], label)
-
-
 def test_valid_loader_serves_the_valid_split(celeba_root: Path) -> None:
     train, valid, test = get_dataloaders_celeba(batch_size=8, root=celeba_root)
     index = read_index(find_celeba(celeba_root))
@@ -138,63 +123,11 @@ def test_valid_loader_serves_the_valid_split(celeba_root: Path) -> None:
     assert images.shape[1:] == (3, 128, 128) and labels.shape[1] == 40
 
 
-def test_cached_loaders_serve_the_three_splits(celeba_copy: Path) -> None:
-    loaders = get_cached_dataloaders_celeba(8, "cpu", root=celeba_copy, num_workers=1, progress=False)
-    index = read_index(find_celeba(celeba_copy))
-    for loader, split in zip(loaders, ("train", "valid", "test"), strict=True):
-        assert loader.dataset.filenames == index.split(split)[0]
-
-
 def test_attribute_names() -> None:
     assert len(CELEBA_ATTRIBUTE_NAMES) == 40
     assert attribute_index("Smiling") == 31 and attribute_index("Eyeglasses") == 15
     with pytest.raises(KeyError, match="'Smilng'.*Smiling"):
         attribute_index("Smilng")
-
-
-def test_cache_is_reused_then_rebuilt_when_stale_or_corrupted(celeba_copy: Path) -> None:
-    first = build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False)
-    stamp = first.path.stat().st_mtime_ns
-    assert build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False).path.stat().st_mtime_ns == stamp
-
-    victim = celeba_copy / "celeba" / "img_align_celeba" / first.filenames[0]
-    Image.open(victim).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(victim, quality=95)
-    rebuilt = build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False)
-    assert not np.array_equal(rebuilt.images[0], first.images[0])
-    assert np.array_equal(rebuilt.images[0], helper_data.decode_cropped(victim))
-
-    expected = np.stack([helper_data.decode_cropped(victim.parent / n) for n in rebuilt.filenames])
-    size = rebuilt.path.stat().st_size
-    del first, rebuilt
-    with open(celeba_copy / "celeba" / "decoded_cache" / "valid_128.npy", "r+b") as f:
-        f.seek(size - expected[0].size * len(expected))
-        f.write(bytes(expected[0].size))
-    assert np.array_equal(build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False).images, expected)
-    with open(celeba_copy / "celeba" / "decoded_cache" / "valid_128.npy", "r+b") as f:
-        f.truncate(size - 100)
-    assert np.array_equal(build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False).images, expected)
-
-    (celeba_copy / "celeba" / "decoded_cache" / "valid_128.npy").write_bytes(b"garbage")
-    assert np.array_equal(build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False).images, expected)
-
-
-def test_killed_cache_build_leaves_no_valid_looking_cache(celeba_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = {"n": 0}
-    real = helper_data.decode_cropped
-
-    def dies_midway(path: Path, crop_size: int = 128) -> np.ndarray:
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(path, crop_size)
-
-    monkeypatch.setattr(helper_data, "decode_cropped", dies_midway)
-    with pytest.raises(KeyboardInterrupt):
-        build_decoded_cache(celeba_copy, "train", num_workers=1, progress=False)
-    cache_dir = celeba_copy / "celeba" / "decoded_cache"
-    assert sorted(p.name for p in cache_dir.iterdir()) == []
-    monkeypatch.setattr(helper_data, "decode_cropped", real)
-    assert build_decoded_cache(celeba_copy, "train", num_workers=1, progress=False).images.any()
 
 
 def test_download_failure_cleans_up_and_explains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -290,11 +223,3 @@ def test_image_smaller_than_the_crop(celeba_copy: Path) -> None:
         CelebAFaces(celeba_copy, "train")[1]
     with pytest.raises(ValueError, match=r"000002\.jpg is 100x90"):
         build_decoded_cache(celeba_copy, "train", num_workers=1, progress=False)
-
-
-def test_cache_folder_not_writable(celeba_copy: Path, tmp_path: Path) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    with pytest.raises(OSError, match="cannot write the decoded cache in .*a-file.*writable cache_dir"):
-        build_decoded_cache(celeba_copy, "valid", cache_dir=blocker / "cache", num_workers=1, progress=False)
-    assert os.path.isfile(blocker)
