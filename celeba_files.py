@@ -2,22 +2,40 @@
 
 :func:`find_celeba` detects the layout a folder holds and returns a :class:`CelebASource`; :func:`read_index`
 reads (and checks) its annotations; :meth:`CelebASource.read_image` opens one image as RGB. Everything that
-decodes CelebA, per image or into the decoded cache, goes through these.
+decodes CelebA, per image or into the decoded cache, goes through these. The Hub copy (parquet shards) is read
+and downloaded by :mod:`celeba_hub`, wrapped here as :class:`HubSource`.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
+import io
 import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, ParamSpec, TypeVar
 
 import numpy as np
 from PIL import Image
+
+from celeba_hub import (
+    HUB_CONFIG,
+    HUB_FOLDER,
+    HUB_REPO_ID,
+    HubShard,
+    HubUnreachable,
+    download_hub,
+    find_hub_shards,
+    hub_stamps,
+    iter_hub_bytes,
+    read_hub_table,
+)
 
 CELEBA_ATTRIBUTE_NAMES: tuple[str, ...] = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
@@ -31,18 +49,15 @@ CELEBA_ATTRIBUTE_NAMES: tuple[str, ...] = (
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 OFFICIAL_SPLIT_SIZES = {"train": 162_770, "valid": 19_867, "test": 19_962}
 CROP_SIZE = 128
-CACHE_VERSION = 1
 
 EXPECTED_LAYOUTS = """CelebA was not found under {root}. Expected one of:
-  1. {root}/celeba/img_align_celeba/*.jpg + {root}/celeba/list_attr_celeba.txt + list_eval_partition.txt
-     (torchvision's layout)
-  2. {root}/img_align_celeba/*.jpg + {root}/list_attr_celeba.txt + list_eval_partition.txt
-  3. {root}/img_align_celeba/img_align_celeba/*.jpg + {root}/list_attr_celeba.csv + list_eval_partition.csv
-     (the Kaggle copy)
-  4. {root}/celeba/img_align_celeba.zip or {root}/img_align_celeba.zip (extracted once, automatically)
-  5. a folder of CelebA-named JPEGs (000001.jpg ... 202599.jpg) with no annotations
-Download CelebA from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html or Kaggle (jessicali9530/celeba-dataset)
-and point `root` at it, or use the synthetic faces (dataset='synthetic')."""
+  1. celeba/img_align_celeba/*.jpg + celeba/list_attr_celeba.txt + celeba/list_eval_partition.txt (torchvision)
+  2. img_align_celeba/*.jpg + list_attr_celeba.txt + list_eval_partition.txt
+  3. img_align_celeba/img_align_celeba/*.jpg + list_attr_celeba.csv + list_eval_partition.csv (Kaggle)
+  4. celeba/img_align_celeba.zip or img_align_celeba.zip next to those text files (extracted once, automatically)
+  5. celeba-hub/img_align+identity+attr/*.parquet (the Hugging Face Hub copy), or a Hub cache holding it
+  6. a folder of CelebA-named JPEGs (000001.jpg ... 202599.jpg), without attributes
+Get it with `python run_lecture.py --download` (or download_celeba("{root}")); see "Getting CelebA" in the README."""
 
 
 def attribute_index(name: str) -> int:
@@ -59,6 +74,27 @@ def attribute_index(name: str) -> int:
 
 
 # --------------------------------------------------------------------------- finding CelebA
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _explain_permissions(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn the OS's bare PermissionError (a folder or file we may not read) into one that says what to do."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except PermissionError as err:
+            if err.filename is None:
+                raise
+            raise PermissionError(
+                f"permission denied for {err.filename}: make it readable (e.g. chmod -R u+rX {err.filename}; "
+                "writable too where a zip must be extracted) or point root at a copy you can read"
+            ) from err
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -93,8 +129,41 @@ class CelebASource:
             yield f"{name}:{st.st_size}:{st.st_mtime_ns}"
 
 
+@dataclass(frozen=True)
+class HubSource(CelebASource):
+    """The Hub copy: parquet shards in ``image_dir`` holding encoded images and attributes (see :mod:`celeba_hub`).
+
+    Holds only paths, so it pickles cheaply into decoding workers; the row index is read once per process.
+    """
+
+    shards: tuple[HubShard, ...] = ()
+
+    @property
+    def has_attributes(self) -> bool:
+        return True
+
+    def read_image(self, name: str, crop_size: int = CROP_SIZE) -> Image.Image:
+        """Image ``name`` as RGB, checked to be at least ``crop_size`` on each side (reads its row group)."""
+        return next(self.iter_images([name], crop_size))
+
+    def iter_images(self, names: Iterable[str], crop_size: int = CROP_SIZE) -> Iterator[Image.Image]:
+        """The images ``names``, in that order, read a row group at a time (file order reads each group once)."""
+        table = read_hub_table(self.shards, CELEBA_ATTRIBUTE_NAMES)
+        for data, label in iter_hub_bytes(self.shards, table, names):
+            img = _open_rgb(io.BytesIO(data), label)
+            _check_size(img, label, crop_size)
+            yield img
+
+    def stamps(self, names: Iterable[str]) -> Iterator[str]:
+        """One short string per image that changes when its shard changes (shard path, size, mtime, row)."""
+        return hub_stamps(self.shards, read_hub_table(self.shards, CELEBA_ATTRIBUTE_NAMES), names)
+
+
 def _has_jpegs(folder: Path) -> bool:
-    return folder.is_dir() and any(e.name.endswith(".jpg") for e in os.scandir(folder))
+    if not folder.is_dir():
+        return False
+    with os.scandir(folder) as entries:
+        return any(e.name.endswith(".jpg") for e in entries)
 
 
 def _annotated(folder: Path, image_dir: Path, layout: str, ext: str) -> CelebASource | None:
@@ -104,18 +173,29 @@ def _annotated(folder: Path, image_dir: Path, layout: str, ext: str) -> CelebASo
     return CelebASource(layout, image_dir, attr, part)
 
 
+OTHER_ROUTES = (f"get CelebA another way: download_celeba(root) (the Hub, {HUB_REPO_ID}), Kaggle "
+                "(jessicali9530/celeba-dataset) or the official site (see \"Getting CelebA\" in the README)")
+
+
 def _extract_zip(archive: Path) -> None:
     """Extract ``archive`` beside itself, atomically: a killed extraction leaves no half folder behind."""
+    with open(archive, "rb") as f:
+        head = f.read(512).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        raise ValueError(
+            f"{archive} is a web page (HTML), not a zip: probably a Google Drive quota or virus-scan warning page "
+            f"saved under that name. Delete it and {OTHER_ROUTES}."
+        )
     target = archive.parent / "img_align_celeba"
     tmp = Path(tempfile.mkdtemp(prefix=".extracting-", dir=archive.parent))
     try:
         try:
             with zipfile.ZipFile(archive) as zf:
                 zf.extractall(tmp)
-        except zipfile.BadZipFile as err:
+        except (zipfile.BadZipFile, EOFError, zlib.error) as err:
             raise ValueError(
-                f"{archive} is not a valid zip file ({err}); it is often a Google Drive quota page saved under "
-                "that name. Delete it and download img_align_celeba.zip again (see the README)."
+                f"{archive} is not a valid zip file, or an incomplete one ({err}). Delete it and download "
+                f"img_align_celeba.zip again, or {OTHER_ROUTES}."
             ) from err
         inner = tmp / "img_align_celeba"
         os.replace(inner if inner.is_dir() else tmp, target)
@@ -123,11 +203,22 @@ def _extract_zip(archive: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@_explain_permissions
 def find_celeba(root: str | Path = "data") -> CelebASource:
-    """Detect which CelebA layout ``root`` holds (extracting ``img_align_celeba.zip`` once if needed)."""
+    """Detect which CelebA layout ``root`` holds (extracting ``img_align_celeba.zip`` once if needed).
+
+    JPEG layouts with annotations come first, then the Hub copy (:class:`HubSource`), then a bare folder of JPEGs.
+    Missing, empty, unreadable or half-downloaded folders raise an error that names the path and what to do.
+    """
     root = Path(root).expanduser()
-    if not root.is_dir():
+    if not root.exists():
         raise FileNotFoundError(f"data root {root} does not exist; create it and put CelebA there (see README)")
+    if not root.is_dir():
+        raise NotADirectoryError(f"data root {root} is a file, not a folder; point root at the folder holding CelebA")
+    with os.scandir(root) as entries:
+        empty = next(entries, None) is None
+    if empty:
+        raise FileNotFoundError(f"data root {root} is empty. " + EXPECTED_LAYOUTS.format(root=root))
     for folder in (root / "celeba", root):
         archive = folder / "img_align_celeba.zip"
         if archive.is_file() and not (folder / "img_align_celeba").exists():
@@ -137,18 +228,18 @@ def find_celeba(root: str | Path = "data") -> CelebASource:
         _annotated(root, root / "img_align_celeba", "flat", "txt"),
         _annotated(root, root / "img_align_celeba" / "img_align_celeba", "kaggle", "csv"),
     ]
-    for source in candidates:
-        if source is not None:
-            if not _has_jpegs(source.image_dir):
-                raise FileNotFoundError(
-                    f"images folder {source.image_dir} is empty; extract img_align_celeba.zip there (see README)"
-                )
+    annotated = [source for source in candidates if source is not None]
+    for source in annotated:
+        if _has_jpegs(source.image_dir):
             return source
+    hub = find_hub_shards(root)
+    if hub is not None:
+        return HubSource("hub", hub[0], shards=hub[1])
     for folder in (root / "celeba" / "img_align_celeba", root / "img_align_celeba" / "img_align_celeba",
                    root / "img_align_celeba", root):
         if _has_jpegs(folder):
             return CelebASource("bare", folder)
-    for folder in (root / "celeba" / "img_align_celeba", root / "img_align_celeba"):
+    for folder in [s.image_dir for s in annotated] + [root / "celeba" / "img_align_celeba", root / "img_align_celeba"]:
         if folder.is_dir():
             raise FileNotFoundError(f"images folder {folder} is empty; extract img_align_celeba.zip there (see README)")
     raise FileNotFoundError(EXPECTED_LAYOUTS.format(root=root))
@@ -227,9 +318,17 @@ def split_of_file_number(number: int) -> int:
     return 1 if number <= OFFICIAL_SPLIT_SIZES["train"] + OFFICIAL_SPLIT_SIZES["valid"] else 2
 
 
+@_explain_permissions
 def read_index(source: CelebASource) -> CelebAIndex:
-    """Read (and check) the annotations of ``source``: every listed image must exist."""
-    on_disk = {e.name for e in os.scandir(source.image_dir) if e.name.endswith(".jpg")}
+    """Read (and check) the annotations of ``source``: every listed image must exist.
+
+    For the Hub copy, the shards' non-image columns: names, split of each shard, attributes (0/1, official order).
+    """
+    if isinstance(source, HubSource):
+        table = read_hub_table(source.shards, CELEBA_ATTRIBUTE_NAMES)
+        return CelebAIndex(source, table.names, table.partition, table.attributes)
+    with os.scandir(source.image_dir) as entries:
+        on_disk = {e.name for e in entries if e.name.endswith(".jpg")}
     if not on_disk:
         raise FileNotFoundError(f"images folder {source.image_dir} is empty; extract img_align_celeba.zip there")
     if source.partition_file is None:
@@ -242,9 +341,12 @@ def read_index(source: CelebASource) -> CelebAIndex:
     names = sorted(split_of)
     missing = [n for n in names if n not in on_disk]
     if missing:
+        archive = source.image_dir.parent / "img_align_celeba.zip"
+        fix = (f"the folder looks half-extracted: delete {source.image_dir} and it is extracted again from {archive}"
+               if archive.is_file() else "re-extract the images or fix the partition file")
         raise FileNotFoundError(
             f"{source.partition_file} names {len(missing)} image(s) missing from {source.image_dir}, "
-            f"e.g. {missing[0]}; re-extract the images or fix the partition file"
+            f"e.g. {missing[0]}; {fix}"
         )
     assert source.attr_file is not None
     table = _read_attributes(source.attr_file)
@@ -263,15 +365,19 @@ def read_index(source: CelebASource) -> CelebAIndex:
 
 def load_rgb(path: str | Path) -> Image.Image:
     """Open a JPEG as RGB (grayscale and CMYK are converted); unreadable or truncated files name themselves."""
+    return _open_rgb(path, str(path))
+
+
+def _open_rgb(fp: str | Path | BinaryIO, label: str) -> Image.Image:
     try:
-        with Image.open(path) as img:
+        with Image.open(fp) as img:
             img.load()
             return img if img.mode == "RGB" else img.convert("RGB")
     except (OSError, SyntaxError, ValueError) as err:
-        raise OSError(f"image {path} is unreadable or truncated ({err}); re-extract or re-download it") from err
+        raise OSError(f"image {label} is unreadable or truncated ({err}); re-extract or re-download it") from err
 
 
-def _check_size(img: Image.Image, path: Path, crop_size: int) -> None:
+def _check_size(img: Image.Image, path: str | Path, crop_size: int) -> None:
     if img.width < crop_size or img.height < crop_size:
         raise ValueError(
             f"image {path} is {img.width}x{img.height}, smaller than the {crop_size}x{crop_size} crop; "
@@ -296,32 +402,33 @@ def center_crop(img: Image.Image, crop_size: int = CROP_SIZE) -> np.ndarray:
 # --------------------------------------------------------------------------- download
 
 
-MANUAL_DOWNLOAD = """Downloading CelebA failed ({error}); partial files were removed.
-Google Drive often refuses it (quota). Get it by hand, either way works:
+MANUAL_DOWNLOAD = """The Hugging Face Hub could not be reached, so CelebA was not downloaded ({reason}).
+Get it by hand, any of these works (the layout is detected automatically):
+  * the Hub by hand: `hf download {repo} --repo-type dataset --include "{config}/*" --local-dir {root}/{folder}`
+    (`huggingface-cli download` with the same options on huggingface_hub before 1.0);
   * official: from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html ("Align&Cropped Images") put
     img_align_celeba.zip, list_attr_celeba.txt and list_eval_partition.txt in {root}/celeba/
     (the zip is extracted automatically on first use);
-  * Kaggle: `kaggle datasets download -d jessicali9530/celeba-dataset`, unzip it into {root}/
+  * Kaggle: `kaggle datasets download -d jessicali9530/celeba-dataset`, unzipped into {root}/
     (giving {root}/img_align_celeba/img_align_celeba/ and the CSV files).
 Or try the project without CelebA: dataset='synthetic'."""
 
 
 def download_celeba(root: str | Path = "data") -> CelebASource:
-    """Try torchvision's CelebA download into ``root``; on failure remove partial files and explain the manual steps."""
-    from torchvision.datasets import CelebA
+    """CelebA under ``root``; when there is none, download the Hub copy into ``root/celeba-hub`` first.
 
-    root = Path(root)
+    Fetches only the ``img_align+identity+attr`` parquet shards of ``flwrlabs/celeba`` (about 11.7 GB), printing
+    the total size and the destination first; a rerun after an interruption fetches only the missing shards. When
+    the Hub cannot be reached raises ``ConnectionError`` saying why, with the manual routes.
+    """
+    root = Path(root).expanduser()
     try:
         return find_celeba(root)
     except FileNotFoundError:
         pass
-    folder = root / "celeba"
-    before = set(folder.iterdir()) if folder.is_dir() else set()
     try:
-        CelebA(str(root), split="all", download=True)
-    except Exception as err:
-        for path in set(folder.iterdir()) - before if folder.is_dir() else ():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        raise RuntimeError(MANUAL_DOWNLOAD.format(error=f"{type(err).__name__}: {err}", root=root)) from err
+        download_hub(root / HUB_FOLDER)
+    except HubUnreachable as err:
+        raise ConnectionError(MANUAL_DOWNLOAD.format(reason=err, root=root, repo=HUB_REPO_ID, config=HUB_CONFIG,
+                                                     folder=HUB_FOLDER)) from err
     return find_celeba(root)
-

@@ -1,7 +1,9 @@
 """The decoded cache: each split decoded once into a uint8 ``.npy`` memory map, and batches drawn from it.
 
-:func:`build_decoded_cache` decodes a split's images (through :class:`celeba_files.CelebASource`) into
-``{split}_{crop}.npy``, in parallel and atomically; :class:`CachedLoader` batches it with no per-image Python work.
+:func:`build_decoded_cache` decodes a split's images (or a reproducible subset of them) through
+:meth:`celeba_files.CelebASource.iter_images` into ``{split}_{crop}.npy``, in parallel and atomically;
+:class:`CachedLoader` batches it with no per-image Python work, from GPU memory when the split fits there
+(see :mod:`gpu_budget`) and otherwise from pinned host memory, one batch ahead.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import json
 import multiprocessing
 import os
 import platform
-import tempfile
+import secrets
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,26 +25,46 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import gpu_budget
 from celeba_files import CROP_SIZE, CelebAIndex, CelebASource, center_crop, find_celeba, read_index
+from helper_utils import atomic_write
 
 CACHE_VERSION = 1
+CHUNK = 256
+UPLOAD_CHUNK_BYTES = 64 << 20
 
 
 @dataclass
 class DecodedSplit:
-    """A split decoded once: ``images`` is a uint8 (N, 3, crop, crop) memory map."""
+    """A split decoded once: ``images`` is a uint8 (N, 3, crop, crop) memory map; ``key`` its fingerprint."""
 
     images: np.ndarray
     attributes: np.ndarray | None
     filenames: list[str]
     path: Path
+    key: str = ""
 
     def __len__(self) -> int:
         return len(self.filenames)
 
 
+def subset_rows(split_size: int, max_images: int | None, seed: int, split: str = "split") -> np.ndarray | None:
+    """Sorted rows of ``max_images`` images drawn from a split of ``split_size`` with ``default_rng(seed)``.
+
+    ``None`` (use the whole split) when ``max_images`` is ``None`` or at least the split's size (said in one line).
+    """
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"{max_images} images were asked of the {split} split; ask for at least 1 (or None for all)")
+    if max_images is None or max_images >= split_size:
+        if max_images is not None and max_images > split_size:
+            print(f"The {split} split holds {split_size:,} images, fewer than the {max_images:,} asked for: "
+                  "using all of them.")
+        return None
+    return np.sort(np.random.default_rng(seed).choice(split_size, size=max_images, replace=False))
+
+
 def _fingerprint(index: CelebAIndex, split: str, filenames: list[str], crop_size: int) -> str:
-    digest = hashlib.sha256(f"{CACHE_VERSION}|{index.source.layout}|{split}|{crop_size}".encode())
+    digest = hashlib.sha256(f"{CACHE_VERSION}|{index.source.layout}|{split}|{crop_size}|{len(filenames)}".encode())
     for stamp in index.source.stamps(filenames):
         digest.update(f"|{stamp}".encode())
     return digest.hexdigest()
@@ -82,24 +105,46 @@ def build_decoded_cache(
     num_workers: int | None = None,
     index: CelebAIndex | None = None,
     progress: bool = True,
+    *,
+    max_images: int | None = None,
+    seed: int = 123,
 ) -> DecodedSplit:
     """Decode ``split`` once into ``cache_dir/{split}_{crop}.npy`` (reused while source and crop are unchanged).
 
-    The cache is built in parallel, written to a temporary file and renamed into place; a stale, truncated
-    or corrupted cache is detected (fingerprint of names, sizes and mtimes; shape; sampled checksum) and rebuilt.
+    ``max_images=N`` decodes only N images of the split, chosen by :func:`subset_rows` from ``seed``, into
+    ``{split}_{crop}_n{N}_seed{seed}.npy``. The cache is built in parallel, written to a temporary file and
+    renamed into place; a stale, truncated or corrupted cache is detected (fingerprint of names, sizes and
+    mtimes; shape; sampled checksum) and rebuilt.
     """
     index = index if index is not None else read_index(find_celeba(root))
     filenames, attributes = index.split(split)
     if not filenames:
         raise ValueError(f"split {split!r} of {index.source.image_dir} holds no images")
+    rows = subset_rows(len(filenames), max_images, seed, split)
+    name = f"{split}_{crop_size}"
+    if rows is not None:
+        filenames = [filenames[i] for i in rows]
+        attributes = None if attributes is None else attributes[rows]
+        name += f"_n{len(rows)}_seed{seed}"
     cache_dir = Path(cache_dir) if cache_dir is not None else index.source.image_dir.parent / "decoded_cache"
-    data_path, meta_path = cache_dir / f"{split}_{crop_size}.npy", cache_dir / f"{split}_{crop_size}.json"
+    data_path, meta_path = cache_dir / f"{name}.npy", cache_dir / f"{name}.json"
     shape = (len(filenames), 3, crop_size, crop_size)
     key = _fingerprint(index, split, filenames, crop_size)
     images = _open_valid_cache(data_path, meta_path, key, shape)
     if images is None:
         images = _write_cache(index, filenames, crop_size, data_path, meta_path, key, shape, num_workers, progress)
-    return DecodedSplit(images, attributes, filenames, data_path)
+    return DecodedSplit(images, attributes, filenames, data_path, key)
+
+
+def _new_temp_file(target: Path) -> str:
+    """Create an empty file beside ``target`` with the mode a plain ``open`` gives (0o666 less the umask)."""
+    while True:
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return str(tmp)
+        except FileExistsError:
+            continue
 
 
 def _write_cache(
@@ -109,23 +154,21 @@ def _write_cache(
     try:
         data_path.parent.mkdir(parents=True, exist_ok=True)
         meta_path.unlink(missing_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{data_path.name}.", suffix=".tmp", dir=data_path.parent)
-        os.close(fd)
+        tmp_name = _new_temp_file(data_path)
     except OSError as err:
         raise OSError(f"cannot write the decoded cache in {data_path.parent} ({err.strerror or err}); "
                       "pass a writable cache_dir") from err
     try:
         np.lib.format.open_memmap(tmp_name, mode="w+", dtype=np.uint8, shape=shape).flush()
         workers = num_workers if num_workers is not None else min(os.cpu_count() or 1, 16)
-        chunk = 256
-        jobs = [(tmp_name, index.source, filenames[s:s + chunk], s, crop_size)
-                for s in range(0, len(filenames), chunk)]
+        jobs = [(tmp_name, index.source, filenames[s:s + CHUNK], s, crop_size)
+                for s in range(0, len(filenames), CHUNK)]
         bar = tqdm(total=len(filenames), desc=f"decoding {data_path.stem}", unit="img", disable=not progress)
         if workers <= 1 or len(jobs) == 1:
             for job in jobs:
                 bar.update(_decode_chunk(job))
         else:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
+            with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
                 for done in pool.imap_unordered(_decode_chunk, jobs):
                     bar.update(done)
         bar.close()
@@ -138,9 +181,7 @@ def _write_cache(
     images = np.load(data_path, mmap_mode="r")
     meta = {"key": key, "shape": list(shape), "checksum": _sample_checksum(images),
             "source": str(index.source.image_dir)}
-    tmp_meta = meta_path.with_suffix(".json.tmp")
-    tmp_meta.write_text(json.dumps(meta))
-    os.replace(tmp_meta, meta_path)
+    atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
     return images
 
 
@@ -158,12 +199,46 @@ def _reuse_freed_batch_memory() -> None:
         libc.mallopt(m_trim_threshold, 1 << 30)
 
 
+_DEVICE_COPIES: weakref.WeakValueDictionary[tuple[str, str, str], torch.Tensor] = weakref.WeakValueDictionary()
+
+
+def _upload(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Copy ``images`` to ``device`` in chunks through one small reusable host buffer (pinned on CUDA)."""
+    out = torch.empty(images.shape, dtype=torch.uint8, device=device)
+    rows = min(len(images), max(1, UPLOAD_CHUNK_BYTES // images[0].nbytes))
+    staging = torch.empty((rows, *images.shape[1:]), dtype=torch.uint8, pin_memory=device.type == "cuda")
+    for start in range(0, len(images), rows):
+        n = min(rows, len(images) - start)
+        np.copyto(staging.numpy()[:n], images[start:start + n])
+        out[start:start + n].copy_(staging[:n])
+    return out
+
+
+def _copy_key(split: DecodedSplit, device: torch.device) -> tuple[str, str, str]:
+    return str(split.path.resolve()), split.key, str(device)
+
+
+def device_copy(split: DecodedSplit, device: str | torch.device) -> torch.Tensor:
+    """``split``'s images on ``device``, uploaded once: while any loader still holds that copy it is shared.
+
+    Re-running a notebook's loader cell therefore never holds a second copy of a split in GPU memory.
+    """
+    key = _copy_key(split, torch.device(device))
+    images = _DEVICE_COPIES.get(key)
+    if images is None:
+        images = _upload(split.images, torch.device(device))
+        _DEVICE_COPIES[key] = images
+    return images
+
+
 class CachedLoader:
     """Batches ``(images, attributes)`` from a :class:`DecodedSplit` with no per-image Python work.
 
-    On CUDA the whole split is copied to GPU memory once; batches are then shuffled, gathered and converted
-    to float on the GPU. Elsewhere each batch is one fancy-indexed slice of the memory map. Images come out
-    as float32 in [0, 1], exactly as ``ToTensor()`` would make them.
+    On CUDA the split goes to GPU memory once if it fits (:func:`gpu_budget.plan_placement`, printed in one
+    line; ``data_on_gpu`` = "auto", True or False); batches are then shuffled, gathered and converted there.
+    Otherwise each batch is gathered from the memory map into (pinned, on CUDA) host memory and copied one
+    batch ahead on a side stream. Images come out as float32 in [0, 1], exactly as ``ToTensor()`` makes them;
+    attributes as int64 on ``device``.
     """
 
     def __init__(
@@ -173,42 +248,92 @@ class CachedLoader:
         shuffle: bool = False,
         device: str | torch.device = "cpu",
         drop_last: bool = False,
+        data_on_gpu: bool | str = "auto",
+        precision: str = "auto",
     ) -> None:
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.device = torch.device(device)
-        self.on_device = self.device.type == "cuda"
-        attrs = split.attributes if split.attributes is not None else np.zeros((len(split.filenames), 0), np.uint8)
-        self.attributes = torch.from_numpy(attrs.astype(np.int64))
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.placement = self._place(data_on_gpu, precision)
+        print(self.placement.message)
+        attrs = split.attributes if split.attributes is not None else np.zeros((len(split), 0), np.uint8)
+        self.attributes = torch.from_numpy(np.ascontiguousarray(attrs, dtype=np.uint8))
         self.images: torch.Tensor | np.ndarray = split.images
-        if self.on_device:
-            self.images = torch.empty(split.images.shape, dtype=torch.uint8, device=self.device)
-            for start in range(0, len(split), 8192):
-                chunk = np.ascontiguousarray(split.images[start:start + 8192])
-                self.images[start:start + len(chunk)] = torch.from_numpy(chunk).to(self.device)
+        if self.on_gpu:
+            self.images = device_copy(split, self.device)
             self.attributes = self.attributes.to(self.device)
         else:
             _reuse_freed_batch_memory()
+
+    def _place(self, data_on_gpu: bool | str, precision: str) -> gpu_budget.Placement:
+        name = self.split.path.stem
+        wants_gpu = data_on_gpu is True or data_on_gpu == "auto"
+        shared = _DEVICE_COPIES.get(_copy_key(self.split, self.device)) if self.device.type == "cuda" else None
+        if wants_gpu and shared is not None:
+            return gpu_budget.Placement(True, f"{name} split: on the GPU, sharing the copy already on {self.device} "
+                                              "(no second upload)")
+        free = gpu_budget.free_gpu_bytes(self.device) if self.device.type == "cuda" else None
+        return gpu_budget.plan_placement(self.split.images.nbytes, free, self.batch_size, precision, data_on_gpu,
+                                         split=name, device_type=self.device.type)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.placement.on_gpu
 
     @property
     def dataset(self) -> DecodedSplit:
         return self.split
 
     def __len__(self) -> int:
-        n = len(self.split.filenames)
+        n = len(self.split)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.split.filenames)
-        order_device = self.device if self.on_device else torch.device("cpu")
-        order = torch.randperm(n, device=order_device) if self.shuffle else torch.arange(n, device=order_device)
+        n = len(self.split)
+        if self.on_gpu:
+            order = torch.randperm(n, device=self.device) if self.shuffle else torch.arange(n, device=self.device)
+            for b in range(len(self)):
+                idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+                yield self.images[idx].float().div_(255), self.attributes[idx].long()
+        else:
+            yield from self._host_batches((torch.randperm(n) if self.shuffle else torch.arange(n)).numpy())
+
+    def _host_batches(self, order: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches gathered into two alternating host buffers, each copied while the one before is in use."""
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(self.device) if cuda else None
+        shape = (min(self.batch_size, len(self.split)), *self.split.images.shape[1:])
+        buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=cuda) for _ in range(2)]
+        copied: list[torch.cuda.Event | None] = [None, None]
+
+        def stage(b: int) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]:
+            idx = np.sort(order[b * self.batch_size:(b + 1) * self.batch_size])
+            slot = b % 2
+            if copied[slot] is not None:
+                copied[slot].synchronize()
+            host = buffers[slot][:len(idx)]
+            np.take(self.split.images, idx, axis=0, out=host.numpy(), mode="clip")
+            labels = self.attributes[torch.from_numpy(idx)]
+            if stream is None:
+                return host.to(self.device), labels.to(self.device), None
+            with torch.cuda.stream(stream):
+                images, labels = host.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+                copied[slot] = torch.cuda.Event()
+                copied[slot].record(stream)
+            return images, labels, copied[slot]
+
+        pending = stage(0) if len(self) else None
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            if self.on_device:
-                batch = self.images[idx]
-            else:
-                idx = idx.sort().values
-                batch = torch.from_numpy(self.images[idx.numpy()]).to(self.device)
-            yield batch.float().div_(255), self.attributes[idx.to(self.attributes.device)]
+            images, labels, event = pending
+            if b + 1 < len(self):
+                pending = stage(b + 1)
+            if event is not None:
+                current = torch.cuda.current_stream(self.device)
+                current.wait_event(event)
+                images.record_stream(current)
+                labels.record_stream(current)
+            yield images.float().div_(255), labels.long()

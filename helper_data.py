@@ -19,6 +19,7 @@ from torchvision import transforms
 from celeba_files import (
     CELEBA_ATTRIBUTE_NAMES,
     CROP_SIZE,
+    EXPECTED_LAYOUTS,
     OFFICIAL_SPLIT_SIZES,
     SPLITS,
     CelebAIndex,
@@ -37,7 +38,7 @@ __all__ = [
     "CELEBA_ATTRIBUTE_NAMES", "CROP_SIZE", "OFFICIAL_SPLIT_SIZES", "SPLITS", "CachedLoader", "CelebAFaces",
     "CelebAIndex", "CelebASource", "DatasetChoice", "DecodedSplit", "attribute_index", "build_decoded_cache",
     "compute_average_faces", "decode_cropped", "default_transform", "download_celeba", "find_celeba",
-    "get_cached_dataloaders_celeba", "get_dataloaders_celeba", "prepare_dataset", "read_index",
+    "get_cached_dataloader", "get_cached_dataloaders_celeba", "get_dataloaders_celeba", "prepare_dataset", "read_index",
     "split_of_file_number",
 ]
 
@@ -121,23 +122,80 @@ def get_cached_dataloaders_celeba(
     cache_dir: str | Path | None = None,
     num_workers: int | None = None,
     progress: bool = True,
+    *,
+    data_on_gpu: bool | str = "auto",
+    train_images: int | None = None,
+    eval_images: int | None = None,
+    seed: int = 123,
+    precision: str = "auto",
 ) -> tuple[CachedLoader, CachedLoader, CachedLoader]:
-    """The fast loaders: ``(train, valid, test)`` from the decoded cache (built on first use)."""
+    """The fast loaders: ``(train, valid, test)`` from the decoded cache, each built by :func:`get_cached_dataloader`.
+
+    ``train_images=N`` trains on N images of the train split, ``eval_images=M`` caps valid and test at M
+    (each drawn reproducibly from ``seed``; only those images are decoded).
+    """
     index = read_index(find_celeba(root))
-    loaders = []
-    for split in SPLITS:
-        decoded = build_decoded_cache(root, split, crop_size, cache_dir, num_workers, index=index, progress=progress)
-        loaders.append(CachedLoader(decoded, batch_size, shuffle=split == "train", device=device))
+    loaders = [
+        get_cached_dataloader(split, batch_size, device, root, data_on_gpu=data_on_gpu, precision=precision,
+                              max_images=train_images if split == "train" else eval_images, seed=seed,
+                              crop_size=crop_size, cache_dir=cache_dir, num_workers=num_workers, progress=progress,
+                              index=index)
+        for split in SPLITS
+    ]
     return loaders[0], loaders[1], loaders[2]
+
+
+def get_cached_dataloader(
+    split: str,
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    root: str | Path = "data",
+    *,
+    shuffle: bool | None = None,
+    data_on_gpu: bool | str = "auto",
+    precision: str = "auto",
+    max_images: int | None = None,
+    seed: int = 123,
+    crop_size: int = CROP_SIZE,
+    cache_dir: str | Path | None = None,
+    num_workers: int | None = None,
+    progress: bool = True,
+    drop_last: bool = False,
+    index: CelebAIndex | None = None,
+) -> CachedLoader:
+    """One fast loader for ``split`` alone (decoded once into the cache; only this split is decoded or moved).
+
+    ``shuffle`` defaults to ``split == "train"``; ``max_images``/``seed`` select a reproducible subset
+    (:func:`decoded_cache.subset_rows`); ``data_on_gpu`` ("auto", True, False) and ``precision`` (the training
+    precision, for the memory budget) decide whether the split is copied to the GPU (see :mod:`gpu_budget`).
+    """
+    decoded = build_decoded_cache(root, split, crop_size, cache_dir, num_workers, index=index, progress=progress,
+                                  max_images=max_images, seed=seed)
+    return CachedLoader(decoded, batch_size, shuffle=split == "train" if shuffle is None else shuffle,
+                        device=device, drop_last=drop_last, data_on_gpu=data_on_gpu, precision=precision)
 
 
 @dataclass(frozen=True)
 class DatasetChoice:
-    """What ``prepare_dataset`` chose: the data root to read, ``"celeba"`` or ``"synthetic"``, and why."""
+    """What ``prepare_dataset`` chose: the data root to read, ``"celeba"`` or ``"synthetic"``, its layout, and why."""
 
     root: Path
     kind: str
+    layout: str
     message: str
+
+    def record(self, images: int | None = None) -> dict[str, object]:
+        """What a checkpoint stores about its training data (``images``: how many training images were used)."""
+        record: dict[str, object] = {"kind": self.kind, "layout": self.layout, "root": str(self.root)}
+        return record if images is None else {**record, "images": images}
+
+
+NOT_FOUND_BANNER = """{rule}
+CelebA was NOT found, so this run uses {n:,} SYNTHETIC faces (drawn shapes), not CelebA.
+{reason}
+To get CelebA: `python run_lecture.py --download` (the Hugging Face Hub), or see "Getting CelebA" in the README.
+Figures and metrics.json say "synthetic". dataset="celeba" stops with an error instead of falling back.
+{rule}"""
 
 
 def prepare_dataset(
@@ -145,28 +203,31 @@ def prepare_dataset(
 ) -> DatasetChoice:
     """Resolve ``dataset`` (auto, celeba or synthetic) to a data root, generating synthetic faces when asked.
 
-    ``auto`` uses CelebA when found under ``data_root`` and otherwise the synthetic faces, and says so;
-    ``celeba`` never falls back. Synthetic faces live in ``data_root/synthetic-celeba-{n}-seed{seed}``.
+    ``auto`` uses CelebA when found under ``data_root`` and otherwise the synthetic faces, with a banner that says
+    which folders were searched and how to get CelebA; ``celeba`` never falls back. Synthetic faces live in
+    ``data_root/synthetic-celeba-{n}-seed{seed}``.
     """
     if dataset not in ("auto", "celeba", "synthetic"):
         raise ValueError(f"dataset={dataset!r} is not one of 'auto', 'celeba', 'synthetic'")
+    data_root = Path(data_root)
     if dataset in ("auto", "celeba"):
         try:
             source = find_celeba(data_root)
-            return DatasetChoice(Path(data_root), "celeba", f"Using CelebA ({source.layout} layout) from {data_root}.")
+            return DatasetChoice(data_root, "celeba", source.layout,
+                                 f"Using CelebA ({source.layout} layout) from {data_root}.")
         except FileNotFoundError as err:
             if dataset == "celeba":
                 raise
-            reason = str(err).splitlines()[0]
-    root = Path(data_root) / f"synthetic-celeba-{num_synthetic}-seed{seed}"
+            reason = str(err) if data_root.is_dir() else EXPECTED_LAYOUTS.format(root=data_root)
+    root = data_root / f"synthetic-celeba-{num_synthetic}-seed{seed}"
     done = root / "COMPLETE"
     if not done.is_file():
         write_synthetic_celeba(root, num_images=num_synthetic, seed=seed)
         done.write_text("ok\n")
-    message = f"Using {num_synthetic} SYNTHETIC faces in {root} (not CelebA)."
+    message = f"Using {num_synthetic:,} SYNTHETIC faces in {root} (not CelebA), as dataset='synthetic' asks."
     if dataset == "auto":
-        message = f"{reason}\nCelebA not found, so: {message}"
-    return DatasetChoice(root, "synthetic", message)
+        message = NOT_FOUND_BANNER.format(rule="=" * 100, n=num_synthetic, reason=reason)
+    return DatasetChoice(root, "synthetic", find_celeba(root).layout, message)
 
 
 def compute_average_faces(

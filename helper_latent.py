@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 
-from helper_data import attribute_index, compute_average_faces
+from helper_data import CELEBA_ATTRIBUTE_NAMES, attribute_index, compute_average_faces
+from helper_utils import eval_mode
 
 
 @torch.no_grad()
@@ -14,21 +17,19 @@ def encode_dataset(
     model: torch.nn.Module, data_loader: Iterable, device: str | torch.device, max_images: int | None = None
 ) -> dict[str, torch.Tensor]:
     """Encode up to ``max_images`` images in eval mode: ``z`` (sampled), ``z_mean``, ``z_log_var``, ``attributes``."""
-    was_training = model.training
-    model.eval()
     parts: dict[str, list[torch.Tensor]] = {"z": [], "z_mean": [], "z_log_var": [], "attributes": []}
     seen = 0
-    for images, labels in data_loader:
-        take = len(images) if max_images is None else min(len(images), max_images - seen)
-        z_mean, z_log_var = model.encode(images[:take].to(device))
-        parts["z"].append(model.reparameterize(z_mean, z_log_var).cpu())
-        parts["z_mean"].append(z_mean.cpu())
-        parts["z_log_var"].append(z_log_var.cpu())
-        parts["attributes"].append(labels[:take].cpu())
-        seen += take
-        if max_images is not None and seen >= max_images:
-            break
-    model.train(was_training)
+    with eval_mode(model):
+        for images, labels in data_loader:
+            take = len(images) if max_images is None else min(len(images), max_images - seen)
+            z_mean, z_log_var = model.encode(images[:take].to(device))
+            parts["z"].append(model.reparameterize(z_mean, z_log_var).cpu())
+            parts["z_mean"].append(z_mean.cpu())
+            parts["z_log_var"].append(z_log_var.cpu())
+            parts["attributes"].append(labels[:take].cpu())
+            seen += take
+            if max_images is not None and seen >= max_images:
+                break
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
@@ -66,34 +67,25 @@ def attribute_direction(
     Uses the posterior means (eval mode), so the direction does not depend on sampling noise.
     """
     index = attribute_index(attribute) if isinstance(attribute, str) else attribute
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         mean_with, mean_without = compute_average_faces(
             index, model.latent_dim, data_loader, device, encoding_fn=lambda x: model.encode(x)[0]
         )
-    finally:
-        model.train(was_training)
     return mean_with - mean_without, mean_with, mean_without
 
 
 @torch.no_grad()
 def decode(model: torch.nn.Module, z: torch.Tensor, device: str | torch.device) -> torch.Tensor:
     """Decode latent codes (B, D) or (D,) to images on the CPU, in eval mode."""
-    was_training = model.training
-    model.eval()
-    images = model.decoder(z.reshape(-1, z.shape[-1]).to(device)).cpu()
-    model.train(was_training)
-    return images
+    with eval_mode(model):
+        return model.decoder(z.reshape(-1, z.shape[-1]).to(device)).cpu()
 
 
 @torch.no_grad()
 def reconstruct(model: torch.nn.Module, images: torch.Tensor, device: str | torch.device) -> torch.Tensor:
     """Deterministic reconstructions: decode the posterior means of ``images``."""
-    was_training = model.training
-    model.eval()
-    z_mean, _ = model.encode(images.to(device))
-    model.train(was_training)
+    with eval_mode(model):
+        z_mean, _ = model.encode(images.to(device))
     return decode(model, z_mean, device)
 
 
@@ -107,9 +99,65 @@ def interpolate(
     """
     if steps < 2:
         raise ValueError(f"steps={steps} must be at least 2")
-    was_training = model.training
-    model.eval()
-    z_mean, _ = model.encode(torch.stack([image_a, image_b]).to(device))
-    model.train(was_training)
+    with eval_mode(model):
+        z_mean, _ = model.encode(torch.stack([image_a, image_b]).to(device))
     weights = torch.linspace(0, 1, steps, device=z_mean.device, dtype=z_mean.dtype).unsqueeze(1)
     return decode(model, (1 - weights) * z_mean[0] + weights * z_mean[1], device)
+
+
+@dataclass(frozen=True)
+class AttributeMeans:
+    """Mean embedding (image or latent mean) of the examples with and without each of the 40 attributes."""
+
+    with_attribute: torch.Tensor
+    without_attribute: torch.Tensor
+    count_with: torch.Tensor
+    count_without: torch.Tensor
+
+    def direction(self, attribute: str | int) -> torch.Tensor:
+        """``mean_with - mean_without`` of one attribute, given by name or index."""
+        index = attribute_index(attribute) if isinstance(attribute, str) else attribute
+        if self.count_with[index] == 0 or self.count_without[index] == 0:
+            raise ValueError(f"attribute {CELEBA_ATTRIBUTE_NAMES[index]} is "
+                             f"{'never' if self.count_with[index] == 0 else 'always'} present in these images; "
+                             "a direction needs examples with and without it")
+        return self.with_attribute[index] - self.without_attribute[index]
+
+
+@torch.no_grad()
+def attribute_means(
+    data_loader: Iterable,
+    device: str | torch.device,
+    model: torch.nn.Module | None = None,
+    max_images: int | None = 20_000,
+) -> AttributeMeans:
+    """Means with and without every attribute in one pass over up to ``max_images`` images, summed on the device.
+
+    With ``model`` the embedding is the posterior mean (eval mode); without, the image itself (average faces).
+    """
+    totals = with_sums = None
+    count_with = torch.zeros(len(CELEBA_ATTRIBUTE_NAMES), device=device)
+    seen = 0
+    with eval_mode(model) if model is not None else contextlib.nullcontext():
+        for images, labels in data_loader:
+            take = len(images) if max_images is None else min(len(images), max_images - seen)
+            if labels.ndim != 2 or labels.shape[1] != len(CELEBA_ATTRIBUTE_NAMES):
+                raise ValueError(f"labels of shape {tuple(labels.shape)} hold no CelebA attributes; a bare image "
+                                 "folder has no annotations: add list_attr_celeba.txt and list_eval_partition.txt")
+            images, labels = images[:take].to(device), labels[:take].to(device, torch.float32)
+            embedded = (model.encode(images)[0] if model is not None else images).flatten(1).float()
+            batch_with = labels.T @ embedded
+            with_sums = batch_with if with_sums is None else with_sums + batch_with
+            totals = embedded.sum(0) if totals is None else totals + embedded.sum(0)
+            count_with += labels.sum(0)
+            seen += take
+            if max_images is not None and seen >= max_images:
+                break
+    if totals is None:
+        raise ValueError("attribute_means got an empty data loader")
+    shape = (len(CELEBA_ATTRIBUTE_NAMES), *(images.shape[1:] if model is None else (model.latent_dim,)))
+    count_without = seen - count_with
+    mean_with = with_sums / count_with.clamp(min=1)[:, None]
+    mean_without = (totals - with_sums) / count_without.clamp(min=1)[:, None]
+    return AttributeMeans(mean_with.reshape(shape).cpu(), mean_without.reshape(shape).cpu(),
+                          count_with.cpu(), count_without.cpu())

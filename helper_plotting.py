@@ -15,12 +15,16 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from helper_utils import atomic_write
+from celeba_files import attribute_index
+from helper_utils import atomic_write, eval_mode
 
 Unnormalizer = Callable[[torch.Tensor], torch.Tensor] | None
 
 
-def _save(fig: Figure, save_path: str | Path | None) -> Figure:
+def _save(fig: Figure, save_path: str | Path | None, title: str | None = None) -> Figure:
+    if title:
+        fig.suptitle(title)
+        fig.tight_layout()
     if save_path is not None:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
@@ -41,6 +45,7 @@ def plot_training_loss(
     num_epochs: int,
     averaging_iterations: int = 100,
     custom_label: str = "",
+    title: str | None = None,
     save_path: str | Path | None = None,
 ) -> Figure:
     """Minibatch loss and its running average over iterations, with an epoch axis (the lecture's plot)."""
@@ -68,7 +73,27 @@ def plot_training_loss(
     ax2.set_xlabel("Epochs")
     ax2.set_xlim(ax1.get_xlim())
     fig.tight_layout()
-    return _save(fig, save_path)
+    return _save(fig, save_path, title)
+
+
+def plot_faces_with_attributes(
+    data_loader: Iterable,
+    attributes: Sequence[str] = ("Smiling", "Eyeglasses", "Male"),
+    n_images: int = 8,
+    title: str | None = None,
+    save_path: str | Path | None = None,
+) -> Figure:
+    """The first ``n_images`` faces of ``data_loader``, each with the named attributes it has (+) or lacks (-)."""
+    images, labels = next(iter(data_loader))
+    images, labels = images[:n_images], labels[:n_images].cpu()
+    columns = [attribute_index(name) for name in attributes]
+    fig, axes = plt.subplots(1, len(images), figsize=(1.9 * len(images), 2.9), squeeze=False)
+    for ax, image, label in zip(axes[0], images, labels, strict=True):
+        _show(ax, image)
+        if label.numel():
+            text = "\n".join(f"{'+' if label[c] else '-'} {name}" for name, c in zip(attributes, columns, strict=True))
+            ax.text(0.5, -0.04, text, transform=ax.transAxes, ha="center", va="top", fontsize=8)
+    return _save(fig, save_path, title)
 
 
 @torch.no_grad()
@@ -80,6 +105,7 @@ def plot_generated_images(
     figsize: tuple[float, float] = (20, 2.5),
     n_images: int = 15,
     modeltype: str = "autoencoder",
+    title: str | None = None,
     save_path: str | Path | None = None,
 ) -> Figure:
     """Originals (top row) and their reconstructions (bottom row) from the first batch of ``data_loader``."""
@@ -87,15 +113,13 @@ def plot_generated_images(
         raise ValueError(f"modeltype={modeltype!r} is not supported; use 'autoencoder' or 'VAE'")
     features, _ = next(iter(data_loader))
     features = features[:n_images].to(device)
-    was_training = model.training
-    model.eval()
-    decoded = model(features)[3] if modeltype == "VAE" else model(features)
-    model.train(was_training)
+    with eval_mode(model):
+        decoded = model(features)[3] if modeltype == "VAE" else model(features)
     fig, axes = plt.subplots(nrows=2, ncols=len(features), sharex=True, sharey=True, figsize=figsize, squeeze=False)
     for i in range(len(features)):
         _show(axes[0][i], features[i], unnormalizer)
         _show(axes[1][i], decoded[i], unnormalizer)
-    return _save(fig, save_path)
+    return _save(fig, save_path, title)
 
 
 @torch.no_grad()
@@ -105,19 +129,18 @@ def plot_images_sampled_from_vae(
     latent_size: int,
     unnormalizer: Unnormalizer = None,
     num_images: int = 10,
+    title: str | None = None,
     save_path: str | Path | None = None,
     generator: torch.Generator | None = None,
 ) -> Figure:
     """Decode ``num_images`` codes drawn from N(0, I): new faces."""
-    was_training = model.training
-    model.eval()
     z = torch.randn(num_images, latent_size, generator=generator)
-    images = model.decoder(z.to(device)).cpu()
-    model.train(was_training)
+    with eval_mode(model):
+        images = model.decoder(z.to(device)).cpu()
     fig, axes = plt.subplots(nrows=1, ncols=num_images, figsize=(2 * num_images, 2.5), squeeze=False)
     for ax, image in zip(axes[0], images, strict=True):
         _show(ax, image, unnormalizer)
-    return _save(fig, save_path)
+    return _save(fig, save_path, title)
 
 
 def _normal_pdf(x: np.ndarray) -> np.ndarray:
@@ -125,7 +148,11 @@ def _normal_pdf(x: np.ndarray) -> np.ndarray:
 
 
 def plot_latent_histograms(
-    z: torch.Tensor | np.ndarray, num_dims: int = 25, bins: int = 50, save_path: str | Path | None = None
+    z: torch.Tensor | np.ndarray,
+    num_dims: int = 25,
+    bins: int = 50,
+    title: str | None = None,
+    save_path: str | Path | None = None,
 ) -> Figure:
     """Histograms (densities) of the first ``num_dims`` latent dimensions, with the N(0, 1) density over each."""
     z = np.asarray(z.detach().cpu() if isinstance(z, torch.Tensor) else z)
@@ -143,10 +170,12 @@ def plot_latent_histograms(
         ax.set_title(f"z[{j}]", fontsize=9)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
-    return _save(fig, save_path)
+    return _save(fig, save_path, title)
 
 
-def plot_latent_summary(z: torch.Tensor | np.ndarray, save_path: str | Path | None = None) -> Figure:
+def plot_latent_summary(
+    z: torch.Tensor | np.ndarray, title: str | None = None, save_path: str | Path | None = None
+) -> Figure:
     """All dimensions at once: per-dimension mean and std against N(0, 1), and the pooled histogram."""
     z = np.asarray(z.detach().cpu() if isinstance(z, torch.Tensor) else z)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.5), gridspec_kw={"width_ratios": [2, 1]})
@@ -162,13 +191,14 @@ def plot_latent_summary(z: torch.Tensor | np.ndarray, save_path: str | Path | No
     ax2.plot(grid, _normal_pdf(grid), color="tab:red", label="N(0, 1)")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, save_path)
+    return _save(fig, save_path, title)
 
 
 def plot_image_grid(
     images: torch.Tensor | Sequence[torch.Tensor],
     titles: Sequence[str] | None = None,
     row_labels: Sequence[str] | None = None,
+    title: str | None = None,
     save_path: str | Path | None = None,
 ) -> Figure:
     """Rows of images: a (N, 3, H, W) tensor is one row, a list of such tensors is one row each."""
@@ -186,7 +216,7 @@ def plot_image_grid(
         if row_labels is not None:
             axes[r][0].text(-0.1, 0.5, row_labels[r], transform=axes[r][0].transAxes, ha="right", va="center")
     fig.tight_layout()
-    return _save(fig, save_path)
+    return _save(fig, save_path, title)
 
 
 @torch.no_grad()
@@ -197,6 +227,7 @@ def plot_modified_faces(
     decoding_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: str | torch.device | None = None,
     figsize: tuple[float, float] = (8, 2.5),
+    title: str | None = None,
     save_path: str | Path | None = None,
 ) -> Figure:
     """``original + alpha * diff`` (top) and ``original - alpha * diff`` (bottom) for each alpha.
@@ -213,7 +244,7 @@ def plot_modified_faces(
         for row, image in enumerate((more, less)):
             _show(axes[row][i], image)
             axes[row][i].set_title(label if row == 0 else f"$\\alpha=${-alpha}" if alpha else label, fontsize=8)
-    return _save(fig, save_path)
+    return _save(fig, save_path, title)
 
 
 def save_gif(frames: torch.Tensor, path: str | Path, duration_ms: int = 100) -> Path:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
+import io
 import shutil
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
-from helper_utils import atomic_write, check_settings, load_checkpoint, restore_rng_states, save_checkpoint
+from helper_precision import choose_precision, full_fp32
+from helper_utils import atomic_write, check_settings, eval_mode, load_checkpoint, restore_rng_states, save_checkpoint
 
 LossFn = Callable[..., torch.Tensor]
 LOSS_KEYS = ("combined", "reconstruction", "kl")
@@ -38,20 +42,6 @@ def vae_loss(
     return reconstruction_term_weight * reconstruction + kl, reconstruction, kl
 
 
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in ("auto", "bf16", "tf32", "fp32"):
-        raise ValueError(f"precision={precision!r} is not one of 'auto', 'bf16', 'tf32', 'fp32'")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return precision
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def evaluate_vae(
     model: torch.nn.Module,
@@ -59,25 +49,69 @@ def evaluate_vae(
     device: str | torch.device,
     loss_fn: LossFn | None = None,
     reconstruction_term_weight: float = 1.0,
-    precision: str = "fp32",
 ) -> dict[str, float]:
-    """Per-image ``combined``/``reconstruction``/``kl`` loss over all of ``data_loader``, in eval mode."""
+    """Per-image ``combined``/``reconstruction``/``kl`` loss over all of ``data_loader``, in eval mode and full fp32
+    (no autocast, no TF32), so validation and test losses are comparable whatever precision training used.
+
+    Batch totals are float32 on the device (MPS has no float64) and are summed in float64 on the CPU.
+    """
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(3, device=device, dtype=torch.float64)
+    batch_totals: list[torch.Tensor] = []
     count = 0
-    for features, _ in data_loader:
-        features = features.to(device, non_blocking=True)
-        with _autocast(device, _resolve_precision(precision, device)):
+    with eval_mode(model), full_fp32(device):
+        for features, _ in data_loader:
+            features = features.to(device, non_blocking=True)
             _, z_mean, z_log_var, decoded = model(features)
-        losses = vae_loss(features, decoded, z_mean, z_log_var, reconstruction_term_weight, loss_fn)
-        totals += torch.stack(losses).double() * features.shape[0]
-        count += features.shape[0]
-    model.train(was_training)
+            losses = vae_loss(features, decoded, z_mean, z_log_var, reconstruction_term_weight, loss_fn)
+            batch_totals.append(torch.stack(losses) * features.shape[0])
+            count += features.shape[0]
     if count == 0:
         raise ValueError("evaluate_vae got an empty data loader")
+    totals = torch.stack(batch_totals).cpu().double().sum(dim=0)
     return dict(zip(LOSS_KEYS, (totals / count).tolist(), strict=True))
+
+
+@dataclass
+class EpochImages:
+    """What :func:`train_vae_v1` draws after every epoch: ``images`` (N, 3, H, W; uint8 or floats in [0, 1], CPU),
+    their reconstructions, and the decoded fixed ``noise`` (M, latent_dim), saved as ``folder/epoch_001.png``..."""
+
+    images: torch.Tensor
+    noise: torch.Tensor
+    folder: str | Path
+
+    @classmethod
+    def from_loader(
+        cls, data_loader: Iterable, folder: str | Path, num_images: int = 8, seed: int = 123, latent_dim: int = 200
+    ) -> EpochImages:
+        """The first ``num_images`` faces of ``data_loader`` and ``num_images`` noise vectors drawn from ``seed``."""
+        images = next(iter(data_loader))[0][:num_images].cpu()
+        noise = torch.randn(num_images, latent_dim, generator=torch.Generator().manual_seed(seed))
+        return cls(images, noise, folder)
+
+    def save(self, model: torch.nn.Module, device: torch.device, epoch: int) -> Path:
+        """Write ``epoch_{epoch:03d}.png``: originals, reconstructions (decoded posterior means), decoded noise."""
+        images = self.images.float() / 255 if self.images.dtype == torch.uint8 else self.images.float()
+        with eval_mode(model), torch.no_grad(), full_fp32(device):
+            reconstructions = model.decoder(model.encode(images.to(device))[0]).float().cpu()
+            samples = model.decoder(self.noise.to(device, torch.float32)).float().cpu()
+        grid = make_grid(torch.cat([images, reconstructions, samples]).clamp(0, 1), nrow=len(images), pad_value=1.0)
+        picture = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
+        return atomic_write(Path(self.folder) / f"epoch_{epoch:03d}.png", lambda f: picture.save(f, format="PNG"))
+
+
+def epoch_images_gif(
+    folder: str | Path, path: str | Path, num_epochs: int | None = None, duration_ms: int = 300
+) -> Path:
+    """Assemble the ``epoch_*.png`` of :class:`EpochImages` in ``folder`` (the first ``num_epochs``, so frames of
+    an earlier, longer run are left out) into a looping animated GIF at ``path``."""
+    files = sorted(Path(folder).glob("epoch_*.png"))[:num_epochs]
+    if not files:
+        raise FileNotFoundError(f"no epoch_*.png in {folder}; train with epoch_images=EpochImages(...) first")
+    frames = [Image.open(file).convert("RGB") for file in files]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
+    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
 def _new_log() -> dict[str, list[float]]:
@@ -125,33 +159,37 @@ def train_vae_v1(
     channels_last: bool | None = None,
     compile: bool = False,
     progress: bool = True,
+    epoch_images: EpochImages | None = None,
 ) -> dict[str, list[float]]:
     """Train the VAE for ``num_epochs`` (the lecture's call keeps working) and return the log dict.
 
     Losses are accumulated on the device and read back every ``logging_interval`` steps (no per-step sync).
     With ``checkpoint_path`` a checkpoint is written atomically after every epoch and ``resume=True``
-    continues from the last completed one. ``precision="auto"`` means bf16 autocast on CUDA, fp32 elsewhere;
-    ``channels_last`` defaults to on for CUDA and CPU (faster on both); ``compile`` opts into ``torch.compile``.
+    continues from the last completed one (refusing one trained on other data than ``settings["data"]``).
+    ``precision``: ``"auto"`` (see :func:`helper_precision.choose_precision`), ``"bf16"``, ``"fp16"``, ``"tf32"``
+    or ``"fp32"``; one printed line says which and why. TF32 is on only during the training steps; validation
+    runs in full fp32. ``channels_last`` defaults to on for CUDA and CPU; ``compile`` opts into ``torch.compile``.
     A NaN or infinite loss stops training with an error, keeping the last good checkpoint.
-    ``skip_epoch_stats`` skips the per-epoch validation pass. ``save_model`` receives the final state dict,
-    as in the lecture.
+    ``skip_epoch_stats`` skips the per-epoch validation pass; ``epoch_images`` saves a PNG after every epoch.
+    ``save_model`` receives the final state dict, as in the lecture. Nothing is kept between calls.
     """
     device = torch.device(device)
-    precision = _resolve_precision(precision, device)
+    chosen = choose_precision(precision, device)
+    print(chosen.describe())
+    scaler = chosen.grad_scaler()
     channels_last = device.type in ("cuda", "cpu") if channels_last is None else channels_last
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("highest" if precision == "fp32" else "high")
-        torch.backends.cudnn.allow_tf32 = precision != "fp32"
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     log, start_epoch = _new_log(), 0
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
     if checkpoint_path is not None and checkpoint_path.exists():
         if resume:
-            checkpoint = load_checkpoint(checkpoint_path, map_location=device)
-            check_settings(checkpoint, model, checkpoint_path)
+            checkpoint = load_checkpoint(checkpoint_path, map_location="cpu")
+            check_settings(checkpoint, model, checkpoint_path, (settings or {}).get("data"))
             model.load_state_dict(checkpoint["model"])
             if checkpoint.get("optimizer") is not None:
                 optimizer.load_state_dict(checkpoint["optimizer"])
+            if checkpoint.get("scaler") and scaler.is_enabled():
+                scaler.load_state_dict(checkpoint["scaler"])
             log, start_epoch = checkpoint["log"] or log, checkpoint["epoch"] or 0
             restore_rng_states(checkpoint["rng"])
             print(f"Resuming from {checkpoint_path}: {start_epoch} of {num_epochs} epochs already done")
@@ -167,24 +205,26 @@ def train_vae_v1(
         epoch_start = len(log["train_combined_loss_per_batch"])
         bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress, leave=False)
 
-        for batch_idx, (features, _) in enumerate(train_loader):
-            features = features.to(device, non_blocking=True)
-            if channels_last:
-                features = features.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, precision):
-                _, z_mean, z_log_var, decoded = step_model(features)
-            losses = vae_loss(features, decoded, z_mean, z_log_var, reconstruction_term_weight, loss_fn)
-            optimizer.zero_grad(set_to_none=True)
-            losses[0].backward()
-            optimizer.step()
-            pending.append(torch.stack(losses).detach())
-            if len(pending) == logging_interval or batch_idx == len(train_loader) - 1:
-                values = _read_back(pending, log, epoch, batch_idx, checkpoint_path)
-                bar.update(len(values))
-                bar.set_postfix(loss=f"{values[-1, 0]:.2f}", rec=f"{values[-1, 1]:.2f}", kl=f"{values[-1, 2]:.2f}")
-                if not progress:
-                    print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | Batch {batch_idx:04d}/{len(train_loader):04d} | "
-                          f"Loss: {values[-1, 0]:.4f}")
+        with chosen.training_flags():
+            for batch_idx, (features, _) in enumerate(train_loader):
+                features = features.to(device, non_blocking=True)
+                if channels_last:
+                    features = features.contiguous(memory_format=torch.channels_last)
+                with chosen.autocast():
+                    _, z_mean, z_log_var, decoded = step_model(features)
+                losses = vae_loss(features, decoded, z_mean, z_log_var, reconstruction_term_weight, loss_fn)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(losses[0]).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                pending.append(torch.stack(losses).detach())
+                if len(pending) == logging_interval or batch_idx == len(train_loader) - 1:
+                    values = _read_back(pending, log, epoch, batch_idx, checkpoint_path)
+                    bar.update(len(values))
+                    bar.set_postfix(loss=f"{values[-1, 0]:.2f}", rec=f"{values[-1, 1]:.2f}", kl=f"{values[-1, 2]:.2f}")
+                    if not progress:
+                        print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d} | Batch {batch_idx:04d}/"
+                              f"{len(train_loader):04d} | Loss: {values[-1, 0]:.4f}")
         bar.close()
         for key in LOSS_KEYS:
             values = log[f"train_{key}_loss_per_batch"][epoch_start:]
@@ -192,14 +232,17 @@ def train_vae_v1(
         train_loss = log["train_combined_loss_per_epoch"][-1]
         summary = f"***Epoch: {epoch + 1:03d}/{num_epochs:03d} | Train loss: {train_loss:.3f}"
         if valid_loader is not None and not skip_epoch_stats:
-            valid = evaluate_vae(model, valid_loader, device, loss_fn, reconstruction_term_weight, precision)
+            valid = evaluate_vae(model, valid_loader, device, loss_fn, reconstruction_term_weight)
             for key in LOSS_KEYS:
                 log[f"valid_{key}_loss_per_epoch"].append(valid[key])
             summary += f" | Valid loss: {valid['combined']:.3f}"
         log["epoch"].append(epoch + 1)
         print(f"{summary} | Time elapsed: {(time.time() - start_time) / 60:.2f} min")
+        if epoch_images is not None:
+            epoch_images.save(model, device, epoch + 1)
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, model, optimizer, epoch=epoch + 1, log_dict=log, settings=settings)
+            save_checkpoint(checkpoint_path, model, optimizer, epoch=epoch + 1, log_dict=log, settings=settings,
+                            scaler=scaler)
     print(f"Total Training Time: {(time.time() - start_time) / 60:.2f} min")
     if save_model is not None:
         state = model.state_dict()
@@ -222,17 +265,19 @@ def mean_image_baseline(train_loader: Iterable, test_loader: Iterable) -> float:
     """Per-image summed squared error on the test set of always predicting the mean training image.
 
     A model's test reconstruction error should be well below this.
+    Each batch is reduced in float32 where it lives (MPS has no float64); the batch results add up in float64
+    on the CPU.
     """
     total, count = None, 0
     for features, _ in train_loader:
-        batch_sum = features.double().sum(dim=0)
+        batch_sum = features.float().sum(dim=0).cpu().double()
         total = batch_sum if total is None else total + batch_sum
         count += len(features)
     if total is None:
         raise ValueError("mean_image_baseline got an empty training loader")
-    mean_image = total / count
+    mean_image = (total / count).float()
     error, images = 0.0, 0
     for features, _ in test_loader:
-        error += float((features.double() - mean_image.to(features.device)).pow(2).sum())
+        error += float((features.float() - mean_image.to(features.device)).pow(2).sum())
         images += len(features)
     return error / images

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import random
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -16,6 +18,7 @@ import torch
 from model import VAE
 
 CHECKPOINT_FORMAT = "celeba-vae/1"
+DATA_KEYS = ("kind", "layout", "root", "images")
 
 
 def set_all_seeds(seed: int) -> None:
@@ -50,11 +53,34 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put ``model`` in eval mode inside the block and restore its previous mode afterwards, also on errors.
+
+    Combine with ``torch.no_grad()``: ``with eval_mode(model), torch.no_grad(): ...``.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@functools.cache
+def _file_mode() -> int:
+    """The permissions a newly created file gets (``0o666`` less the umask); the umask is read once."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Write a file through ``write(fileobj)`` so that readers see the old file or the whole new one.
 
     The data goes to a temporary file in the same folder, is flushed and fsynced, then renamed over
     ``path``. On any error (disk full, interrupt) the temporary file is removed and ``path`` is untouched.
+    The file gets the usual permissions of a new file (``0o666`` less the umask), not ``mkstemp``'s ``0o600``.
     """
     path = Path(path)
     try:
@@ -63,6 +89,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     except OSError as err:
         raise OSError(f"cannot write {path}: {err.strerror or err}; choose a writable output folder") from err
     try:
+        os.chmod(tmp_name, _file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -91,14 +118,14 @@ def rng_states() -> dict[str, Any]:
 
 
 def restore_rng_states(states: dict[str, Any]) -> None:
-    """Undo :func:`rng_states`."""
+    """Undo :func:`rng_states`, wherever the checkpoint's tensors were loaded (the states are CPU byte tensors)."""
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, *rest = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(states["torch"])
+    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(states["torch"].to("cpu", torch.uint8))
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state_all([state.to("cpu", torch.uint8) for state in states["cuda"]])
 
 
 def save_checkpoint(
@@ -109,8 +136,10 @@ def save_checkpoint(
     epoch: int = 0,
     log_dict: dict[str, list[float]] | None = None,
     settings: dict[str, Any] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Path:
-    """Atomically save model, optimizer, completed ``epoch``, RNG states, log and settings."""
+    """Atomically save model, optimizer, completed ``epoch``, RNG states, log, settings and the fp16 gradient
+    ``scaler`` (when one is enabled)."""
     model = getattr(model, "_orig_mod", model)
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
@@ -120,6 +149,7 @@ def save_checkpoint(
         "rng": rng_states(),
         "log": log_dict or {},
         "settings": {**(settings or {}), **model.settings()} if isinstance(model, VAE) else dict(settings or {}),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     }
     return atomic_write(path, lambda f: torch.save(checkpoint, f))
 
@@ -148,8 +178,37 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     raise ValueError(f"checkpoint {path} is not a celeba-vae checkpoint nor a plain state dict")
 
 
-def check_settings(checkpoint: dict[str, Any], model: torch.nn.Module, source: str | Path = "checkpoint") -> None:
-    """Raise a ValueError listing how the checkpoint's settings differ from ``model``'s, or its weights' shapes."""
+def _describe_data(data: dict[str, Any]) -> str:
+    kind = {"celeba": "CelebA", "synthetic": "synthetic faces"}.get(data.get("kind"), repr(data.get("kind")))
+    details = [f"{data['layout']} layout" if "layout" in data else None, data.get("root"),
+               f"{data['images']:,} training images" if isinstance(data.get("images"), int) else None]
+    return f"{kind} ({', '.join(str(d) for d in details if d is not None)})"
+
+
+def check_data(checkpoint: dict[str, Any], data: dict[str, Any] | None, source: str | Path = "checkpoint") -> None:
+    """Raise a ValueError when the checkpoint was trained on other data than ``data`` (kind, layout, root, images).
+
+    Checkpoints without a ``"data"`` setting (older ones, plain state dicts) and ``data=None`` always pass.
+    """
+    saved = checkpoint.get("settings", {}).get("data")
+    if data is None or saved is None:
+        return
+    if any(str(saved[k]) != str(data[k]) for k in DATA_KEYS if k in saved and k in data):
+        raise ValueError(
+            f"{source} was trained on {_describe_data(saved)} but this run uses {_describe_data(data)}: train again "
+            "with these data (resume=False), or point data_root at the data the weights were trained on."
+        )
+
+
+def check_settings(
+    checkpoint: dict[str, Any],
+    model: torch.nn.Module,
+    source: str | Path = "checkpoint",
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Raise a ValueError listing how the checkpoint's settings differ from ``model``'s, or its weights' shapes,
+    or, given ``data`` (``{"kind", "layout", "root", "images"}``), how its training data differ (:func:`check_data`).
+    """
     model = getattr(model, "_orig_mod", model)
     expected = model.settings() if isinstance(model, VAE) else {}
     saved = checkpoint.get("settings", {})
@@ -171,17 +230,24 @@ def check_settings(checkpoint: dict[str, Any], model: torch.nn.Module, source: s
     if diffs:
         raise ValueError(f"{source} does not fit this model: " + "; ".join(diffs) + ". Build the model with the "
                          "checkpoint's settings (see load_model) or pick the matching checkpoint.")
+    check_data(checkpoint, data, source)
 
 
 def load_model(
-    path: str | Path, device: str | torch.device = "cpu", model: torch.nn.Module | None = None
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    model: torch.nn.Module | None = None,
+    data: dict[str, Any] | None = None,
 ) -> torch.nn.Module:
-    """Load weights from ``path`` into ``model`` (built from the checkpoint's settings when ``None``), in eval mode."""
+    """Load weights from ``path`` into ``model`` (built from the checkpoint's settings when ``None``), in eval mode.
+
+    Given ``data`` (the run's ``settings["data"]``), refuse weights trained on other data (:func:`check_data`).
+    """
     checkpoint = load_checkpoint(path, map_location="cpu")
     if model is None:
         settings = checkpoint.get("settings", {})
         model = VAE(latent_dim=settings.get("latent_dim", 200), decoder=settings.get("decoder", "transpose"))
-    check_settings(checkpoint, model, path)
+    check_settings(checkpoint, model, path, data)
     model.load_state_dict(checkpoint["model"], strict=True)
     return model.to(device).eval()
 

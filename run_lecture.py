@@ -1,96 +1,226 @@
 """Run the lecture's notebooks in order, headless, with papermill.
 
-    python run_lecture.py                       # CelebA if found under data/, else a quick synthetic demo
-    python run_lecture.py --dataset celeba      # the lecture's full run (50 epochs)
-    python run_lecture.py --decoder both        # train and compare both decoders
+    python run_lecture.py                   # CelebA if found under data/ (the laptop recipe without a GPU), else a demo
+    python run_lecture.py --recipe lecture  # the lecture's full run: 50 epochs, batch 256, all 162,770 images
+    python run_lecture.py --download        # fetch CelebA from the Hugging Face Hub into data/ first
+    python run_lecture.py --decoder both    # train and compare both decoders
+    python run_lecture.py --self-check      # check every precision/compile/data path this machine's GPU supports
 
-Writes the executed notebooks, every figure (PNG) and metrics.json under --output-dir.
+Relative paths are relative to the repository root. Every input is checked before any work starts. Writes the
+executed notebooks, every figure (PNG) and metrics.json under --output-dir.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
+import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 import papermill as pm
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import Unicode, default
 
-from helper_data import find_celeba
+from celeba_files import download_celeba, find_celeba, read_index
+from helper_data import prepare_dataset
+from helper_setup import REPO_ROOT, choose_recipe, project_path
+from helper_utils import check_settings, get_device, load_checkpoint
+from model import VAE
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent / "notebooks"
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 TRAIN, SAMPLE, LATENT, ARITHMETIC = (
     "1_train_vae.ipynb", "2_sample_and_reconstruct.ipynb", "3_latent_histograms.ipynb", "4_latent_arithmetic.ipynb"
 )
-DEMO_EPOCHS, DEMO_BATCH_SIZE = 5, 64
-LECTURE_EPOCHS, LECTURE_BATCH_SIZE = 50, 256
+
+
+class InputError(Exception):
+    """A bad argument, data folder, checkpoint or output folder, explained in a few lines."""
+
+    exit_code = 2
+
+
+class NotebookFailed(InputError):
+    """A notebook stopped with an error: summarized, with the path of the executed notebook."""
+
+    exit_code = 1
+
+
+class ShortErrorParser(argparse.ArgumentParser):
+    """argparse that answers a bad argument in two lines instead of the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"run_lecture.py: {message}\nSee `python run_lecture.py --help` for every option.\n")
+
+
+def _whole_number(minimum: int) -> type:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {minimum}")
+        return value
+    parse.__name__ = "whole number"
+    return parse
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a positive number")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    positive = _whole_number(1)
+    parser = ShortErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["auto", "celeba", "synthetic"], default="auto")
-    parser.add_argument("--data-root", default="data", help="folder holding CelebA (any supported layout)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help=f"default {LECTURE_EPOCHS} on CelebA, {DEMO_EPOCHS} on the synthetic demo")
-    parser.add_argument("--num-synthetic", type=int, default=2000, help="size of the synthetic set (demo budget)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"default {LECTURE_BATCH_SIZE} on CelebA, {DEMO_BATCH_SIZE} on the synthetic demo")
-    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--data-root", default=None, help="folder holding CelebA in any supported layout (default: "
+                        "the repository's data/, or $CELEBA_VAE_DATA); a folder given here must hold CelebA")
+    parser.add_argument("--download", action="store_true", help="fetch CelebA from the Hugging Face Hub first")
+    parser.add_argument("--recipe", choices=["auto", "lecture", "laptop", "demo"], default="auto",
+                        help="auto: lecture on a GPU, laptop on a CPU, demo on synthetic faces")
+    parser.add_argument("--epochs", type=positive, help="override the recipe's epochs")
+    parser.add_argument("--batch-size", type=positive, help="override the recipe's batch size")
+    parser.add_argument("--train-images", type=positive, help="train on N training images chosen from the seed")
+    parser.add_argument("--eval-images", type=positive, help="cap the validation and test images")
+    parser.add_argument("--num-synthetic", type=_whole_number(10), default=2000, help="size of the synthetic set")
+    parser.add_argument("--learning-rate", type=_positive_number, default=5e-4)
     parser.add_argument("--decoder", choices=["transpose", "nearest", "both"], default="transpose")
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, cuda:N, mps or cpu")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
+    parser.add_argument("--data-on-gpu", choices=["auto", "yes", "no"], default="auto")
     parser.add_argument("--loader", choices=["fast", "lecture"], default="fast")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     parser.add_argument("--resume", action="store_true", help="continue training from the last saved epoch")
-    parser.add_argument("--num-latent-images", type=int, default=10000, help="images encoded for the histograms")
-    parser.add_argument("--output-dir", default="outputs")
-    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--num-latent-images", type=positive, default=10000, help="images encoded for histograms")
+    parser.add_argument("--output-dir", default=None, help="default: the repository's outputs/ ($CELEBA_VAE_OUTPUTS)")
+    parser.add_argument("--seed", type=_whole_number(0), default=123)
+    parser.add_argument("--self-check", action="store_true", help="check this machine's training paths and exit")
     return parser.parse_args(argv)
 
 
-def plan(args: argparse.Namespace) -> tuple[str, int, int]:
-    """The dataset the run will use, its epoch count and batch size, announced plainly."""
-    dataset = args.dataset
-    if dataset == "auto":
+def _problem(err: BaseException) -> str:
+    return str(err).strip() or type(err).__name__
+
+
+def check_data(args: argparse.Namespace) -> tuple[Path, str]:
+    """The data root and kind to use, after checking the data folder (downloading first if asked)."""
+    data_root = project_path(args.data_root, "data")
+    try:
+        if args.download:
+            download_celeba(data_root)
+        if args.dataset == "synthetic":
+            return data_root, "synthetic"
+        read_index(find_celeba(data_root))
+        return data_root, "celeba"
+    except FileNotFoundError as err:
+        if args.dataset == "celeba" or args.data_root is not None or args.download:
+            raise InputError(f"{_problem(err)}\n(--dataset synthetic runs the demo without CelebA)") from None
+        return data_root, "synthetic"
+    except (OSError, ValueError, RuntimeError) as err:
+        raise InputError(_problem(err)) from None
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Fail early, in one line, when the output folder cannot be written."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot write to the output folder {output_dir} ({err.strerror or err}); "
+                         "choose another with --output-dir") from None
+
+
+def check_resume(output_dir: Path, decoders: list[str], data: dict[str, object]) -> None:
+    """--resume needs, for every decoder, a readable checkpoint of that model trained on these data."""
+    for decoder in decoders:
+        path = output_dir / decoder / "checkpoint.pt"
+        if not path.is_file():
+            raise InputError(f"--resume: there is no checkpoint to resume at {path}; run without --resume to start "
+                             "training, or give the --output-dir of the interrupted run")
         try:
-            find_celeba(args.data_root)
-            dataset = "celeba"
-        except FileNotFoundError:
-            dataset = "synthetic"
-            print(f"CelebA was not found under {args.data_root}: running the DEMO on {args.num_synthetic} synthetic "
-                  "faces (not CelebA). See the README to get CelebA.")
-    celeba = dataset == "celeba"
-    epochs = args.epochs if args.epochs is not None else (LECTURE_EPOCHS if celeba else DEMO_EPOCHS)
-    batch_size = args.batch_size if args.batch_size is not None else (LECTURE_BATCH_SIZE if celeba else DEMO_BATCH_SIZE)
-    print(f"Dataset: {dataset}, epochs: {epochs}, batch size: {batch_size}, decoder(s): {args.decoder}, "
-          f"output: {args.output_dir}")
-    return dataset, epochs, batch_size
+            check_settings(load_checkpoint(path), VAE(decoder=decoder), path, data=data)
+        except (ValueError, TypeError) as err:
+            raise InputError(f"--resume: {_problem(err)}") from None
+
+
+class IPCKernelManager(AsyncKernelManager):
+    """A kernel reached over local sockets in a private folder (no unencrypted TCP, nothing in the working dir)."""
+
+    transport = Unicode("ipc")
+
+    @default("ip")
+    def _socket_prefix(self) -> str:
+        return str(Path(tempfile.mkdtemp(prefix="celeba-vae-kernel-")) / "kernel")
+
+
+def run_notebook(notebook: str, out: Path, parameters: dict[str, object]) -> None:
+    """Execute one notebook as Jupyter would (kernel in notebooks/); a failing cell becomes an InputError."""
+    manager = {} if os.name == "nt" else {"kernel_manager_class": IPCKernelManager}
+    try:
+        pm.execute_notebook(NOTEBOOKS_DIR / notebook, out, parameters=parameters, cwd=str(NOTEBOOKS_DIR),
+                            kernel_name="python3", progress_bar=False, stdout_file=sys.stdout, **manager)
+    except pm.PapermillExecutionError as err:
+        last = (str(err.evalue).strip() or err.ename).splitlines()[-1]
+        raise NotebookFailed(f"{notebook} failed in cell {err.exec_count}: {err.ename}: {last}\n"
+                         f"The executed notebook, with the full traceback: {out}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    dataset, epochs, batch_size = plan(args)
-    output_dir = Path(args.output_dir).resolve()
+    if args.self_check:
+        import selfcheck
+
+        return selfcheck.main(["--device", args.device])
+    try:
+        return run(args)
+    except InputError as err:
+        print(f"run_lecture.py: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check every input, then run the notebooks."""
+    try:
+        device = get_device(args.device)
+    except RuntimeError as err:
+        raise InputError(f"--device {args.device}: {_problem(err).splitlines()[0]}") from None
+    data_root, kind = check_data(args)
+    output_dir = project_path(args.output_dir, "outputs")
+    check_output_dir(output_dir)
+    decoders = ["transpose", "nearest"] if args.decoder == "both" else [args.decoder]
+    data = prepare_dataset(kind, data_root, args.num_synthetic, args.seed)
+    print(data.message)
+    choose_recipe(args.recipe, device, data.kind).override(
+        num_epochs=args.epochs, batch_size=args.batch_size, train_images=args.train_images,
+        eval_images=args.eval_images)
+    if args.resume:
+        check_resume(output_dir, decoders, data.record())
     executed = output_dir / "notebooks"
     executed.mkdir(parents=True, exist_ok=True)
-    common = {"dataset": dataset, "data_root": str(Path(args.data_root).resolve()), "num_synthetic": args.num_synthetic,
-              "device": args.device, "batch_size": batch_size, "random_seed": args.seed,
-              "output_dir": str(output_dir)}
-    decoders = ["transpose", "nearest"] if args.decoder == "both" else [args.decoder]
-    steps: list[tuple[str, str, dict]] = []
-    for decoder in decoders:
-        steps.append((TRAIN, decoder, {"num_epochs": epochs, "learning_rate": args.learning_rate, "loader": args.loader,
-                                       "compile": args.compile, "resume": args.resume}))
+    common = {"dataset": kind, "data_root": str(data_root), "output_dir": str(output_dir), "device": args.device,
+              "recipe": args.recipe, "random_seed": args.seed, "num_synthetic": args.num_synthetic}
+    train = {"num_epochs": args.epochs, "batch_size": args.batch_size, "train_images": args.train_images,
+             "eval_images": args.eval_images, "learning_rate": args.learning_rate, "loader": args.loader,
+             "data_on_gpu": {"yes": True, "no": False}.get(args.data_on_gpu, "auto"), "precision": args.precision,
+             "compile": args.compile, "resume": args.resume}
+    steps = [(TRAIN, decoder, train) for decoder in decoders]
     for decoder in decoders:
         steps += [(SAMPLE, decoder, {}), (LATENT, decoder, {"num_images": args.num_latent_images}),
-                  (ARITHMETIC, decoder, {})]
+                  (ARITHMETIC, decoder, {"interactive": False})]
     for notebook, decoder, extra in steps:
         out = executed / f"{Path(notebook).stem}_{decoder}.ipynb"
         print(f"Running {notebook} ({decoder}) -> {out}")
-        pm.execute_notebook(NOTEBOOKS_DIR / notebook, out, parameters={**common, "decoder": decoder, **extra},
-                            cwd=str(NOTEBOOKS_DIR), progress_bar=False, stdout_file=sys.stdout)
-    metrics_path = output_dir / "metrics.json"
-    print(f"Figures: {output_dir / 'figures'}\nMetrics: {metrics_path}")
-    print(json.dumps(json.loads(metrics_path.read_text()).get("runs", {}), indent=2))
+        run_notebook(notebook, out, {**common, "decoder": decoder, **extra})
+    print(f"Figures: {output_dir / 'figures'}\nMetrics: {output_dir / 'metrics.json'}")
     return 0
 
 

@@ -37,6 +37,7 @@ HAIR = {"Black_Hair": (25, 20, 18), "Blond_Hair": (225, 190, 110), "Brown_Hair":
 HAIR_CHOICES = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair", "Bald", None)
 HAIR_RATES = (0.24, 0.15, 0.2, 0.04, 0.02, 0.35)
 YY, XX = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+CHUNK = 500
 
 
 def sample_attributes(num_images: int, rng: np.random.Generator) -> np.ndarray:
@@ -147,10 +148,8 @@ def _write_chunk(job: tuple[Path, list[str], np.ndarray, np.ndarray, int, int]) 
         (folder / name).write_bytes(_jpeg(_render_one(attributes[k], params[k], (base, start + k))))
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _pool_size(jobs: int) -> int:
+    return min(os.cpu_count() or 1, jobs)
 
 
 def _partition(num_images: int) -> np.ndarray:
@@ -226,11 +225,10 @@ def write_synthetic_celeba(
     staging = Path(tempfile.mkdtemp()) if layout == "zip" else image_dir
     staging.mkdir(parents=True, exist_ok=True)
     text_dir.mkdir(parents=True, exist_ok=True)
-    chunk = 500
-    jobs = [(staging, names[s:s + chunk], attributes[s:s + chunk], params[s:s + chunk], base, s)
-            for s in range(0, num_images, chunk)]
-    if len(jobs) > 1 and (os.cpu_count() or 1) > 1:
-        with multiprocessing.get_context("fork").Pool(min(os.cpu_count() or 1, len(jobs))) as pool:
+    jobs = [(staging, names[s:s + CHUNK], attributes[s:s + CHUNK], params[s:s + CHUNK], base, s)
+            for s in range(0, num_images, CHUNK)]
+    if _pool_size(len(jobs)) > 1:
+        with multiprocessing.get_context("spawn").Pool(_pool_size(len(jobs))) as pool:
             pool.map(_write_chunk, jobs)
     else:
         for job in jobs:
@@ -243,6 +241,8 @@ def write_synthetic_celeba(
         os.replace(archive.with_suffix(".zip.tmp"), archive)
         shutil.rmtree(staging)
     if layout != "bare":
+        from helper_utils import atomic_write  # here, not at the top: spawned workers import this module, not torch
+
         for filename, text in _annotations(names, attributes, rng, csv=layout == "kaggle").items():
-            _write_text(text_dir / filename, text)
+            atomic_write(text_dir / filename, lambda f, text=text: f.write(text.encode()))
     return root

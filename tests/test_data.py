@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,7 @@ import torch
 import torchvision
 from PIL import Image
 
+import celeba_files
 import helper_data
 from helper_data import (
     CELEBA_ATTRIBUTE_NAMES,
@@ -62,13 +67,40 @@ def test_zip_is_extracted_once_and_atomically(tmp_path: Path) -> None:
     assert images.stat().st_mtime_ns == mtime
 
 
-def test_a_zip_that_is_not_a_zip_says_what_to_do(tmp_path: Path) -> None:
+@pytest.mark.parametrize("page", ["<!DOCTYPE html>\n<html lang=en>", "\n  <HTML><head>", "<html>"])
+def test_a_zip_that_is_a_web_page_says_so(tmp_path: Path, page: str) -> None:
     root = write_synthetic_celeba(tmp_path / "z", num_images=6, seed=1, layout="zip")
-    (root / "celeba" / "img_align_celeba.zip").write_text("<html>Google Drive - quota exceeded</html>")
-    with pytest.raises(ValueError, match=r"img_align_celeba\.zip is not a valid zip.*download"):
+    (root / "celeba" / "img_align_celeba.zip").write_text(f"{page}Google Drive - Quota exceeded</html>")
+    with pytest.raises(ValueError, match=r"(?s)img_align_celeba\.zip is a web page \(HTML\), not a zip: probably a "
+                                         r"Google Drive quota.*Delete it and get CelebA another way.*download_celeba"):
         find_celeba(root)
     assert not (root / "celeba" / "img_align_celeba").exists()
     assert not list((root / "celeba").glob(".extracting-*"))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_broken_zip_says_what_to_do(tmp_path: Path, damage: str) -> None:
+    root = write_synthetic_celeba(tmp_path / "z", num_images=6, seed=1, layout="zip")
+    archive = root / "celeba" / "img_align_celeba.zip"
+    data = archive.read_bytes()
+    archive.write_bytes(b"PK\x03\x04 not really" if damage == "garbage" else data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"img_align_celeba\.zip is not a valid zip file, or an incomplete one.*"
+                                         r"Delete it and download img_align_celeba\.zip again"):
+        find_celeba(root)
+    assert not (root / "celeba" / "img_align_celeba").exists()
+    assert not list((root / "celeba").glob(".extracting-*"))
+
+
+def test_a_half_extracted_zip_says_how_to_extract_it_again(tmp_path: Path) -> None:
+    root = write_synthetic_celeba(tmp_path / "z", num_images=12, seed=1, layout="zip")
+    images = find_celeba(root).image_dir
+    for victim in sorted(images.iterdir())[6:]:
+        victim.unlink()
+    expected = f"names 6 image(s) missing from {images}, e.g. 000007.jpg; the folder looks half-extracted: delete "
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{expected}{images} and it is extracted again")):
+        CelebAFaces(root)
+    shutil.rmtree(images)
+    assert len(CelebAFaces(root, "all")) == 12
 
 
 def test_bare_folder_uses_file_numbers_for_the_official_partition(tmp_path: Path) -> None:
@@ -130,17 +162,13 @@ def test_attribute_names() -> None:
         attribute_index("Smilng")
 
 
-def test_download_failure_cleans_up_and_explains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def half_download(file_id: str, root: str, filename: str | None = None, md5: str | None = None) -> None:
-        Path(root).mkdir(parents=True, exist_ok=True)
-        Path(root, filename or file_id).write_bytes(b"partial")
-        raise OSError("Network is unreachable")
+def test_download_is_skipped_when_celeba_is_there(celeba_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("CelebA is already there: the Hub must not be asked")
 
-    monkeypatch.setattr(torchvision.datasets.celeba, "download_file_from_google_drive", half_download)
-    root = tmp_path / "data"
-    with pytest.raises(RuntimeError, match=r"(?s)Downloading CelebA failed.*Network is unreachable.*Kaggle"):
-        get_dataloaders_celeba(batch_size=4, download=True, root=root)
-    assert not any(p.is_file() for p in root.rglob("*"))
+    monkeypatch.setattr(celeba_files, "download_hub", no_network)
+    train, _, _ = get_dataloaders_celeba(batch_size=4, download=True, root=celeba_root)
+    assert train.dataset.index.source.layout == "torchvision"
 
 
 def test_prepare_dataset_never_replaces_celeba_silently(tmp_path: Path, celeba_root: Path) -> None:
@@ -161,10 +189,60 @@ def test_missing_root(tmp_path: Path) -> None:
         CelebAFaces(tmp_path / "nope")
 
 
+def test_root_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=f"data root {tmp_path / 'data'} is a file, not a folder"):
+        find_celeba(tmp_path / "data")
+
+
+def test_empty_root(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=rf"(?s)data root {tmp_path} is empty\. CelebA was not found.*"
+                                                r"celeba-hub.*download_celeba"):
+        find_celeba(tmp_path)
+
+
 def test_no_layout_lists_what_was_expected(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(FileNotFoundError, match=r"(?s)not found under.*list_attr_celeba\.txt.*Kaggle.*\.zip"):
+    with pytest.raises(FileNotFoundError, match=r"(?s)not found under.*list_attr_celeba\.txt.*Kaggle.*\.zip.*"
+                                                r"img_align\+identity\+attr/\*\.parquet"):
         find_celeba(tmp_path)
+
+
+def _deny(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Make ``os.scandir(folder)`` fail as it does on a folder without read permission."""
+    real = os.scandir
+
+    def scandir(path: str | Path = ".") -> Iterator[os.DirEntry[str]]:
+        if Path(path) == folder:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+@pytest.mark.parametrize("where", ["root", "images"])
+def test_unreadable_folder_says_what_to_do(celeba_copy: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    folder = celeba_copy if where == "root" else celeba_copy / "celeba" / "img_align_celeba"
+    _deny(monkeypatch, folder)
+    expected = f"permission denied for {folder}: make it readable (e.g. chmod -R u+rX {folder};"
+    with pytest.raises(PermissionError, match=re.escape(expected) + ".*or point root at a copy you can read"):
+        CelebAFaces(celeba_copy)
+    if where == "images":
+        source = celeba_files.CelebASource("torchvision", folder, folder.parent / "list_attr_celeba.txt",
+                                           folder.parent / "list_eval_partition.txt")
+        with pytest.raises(PermissionError, match=f"permission denied for {folder}"):
+            read_index(source)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any folder")
+def test_unreadable_folder_for_real(celeba_copy: Path) -> None:
+    images = celeba_copy / "celeba" / "img_align_celeba"
+    images.chmod(0)
+    try:
+        with pytest.raises(PermissionError, match=f"permission denied for {images}"):
+            find_celeba(celeba_copy)
+    finally:
+        images.chmod(0o755)
 
 
 def test_empty_image_folder(celeba_copy: Path) -> None:

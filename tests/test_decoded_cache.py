@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
 import os
+import stat
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +16,11 @@ from PIL import Image
 
 import decoded_cache
 import helper_data
+import synthetic_celeba
 from helper_data import (
     CachedLoader,
     CelebAFaces,
+    CelebASource,
     build_decoded_cache,
     find_celeba,
     get_cached_dataloaders_celeba,
@@ -97,3 +103,151 @@ def test_cache_folder_not_writable(celeba_copy: Path, tmp_path: Path) -> None:
     with pytest.raises(OSError, match="cannot write the decoded cache in .*a-file.*writable cache_dir"):
         build_decoded_cache(celeba_copy, "valid", cache_dir=blocker / "cache", num_workers=1, progress=False)
     assert os.path.isfile(blocker)
+
+
+@pytest.fixture
+def windows_like_multiprocessing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make ``multiprocessing.get_context`` behave as on Windows (no "fork"); return the start methods asked for."""
+    real = multiprocessing.get_context
+    asked: list[str] = []
+
+    def get_context(method: str | None = None) -> multiprocessing.context.BaseContext:
+        asked.append(str(method))
+        if method == "fork":
+            raise ValueError("cannot find context for 'fork'")
+        return real(method)
+
+    monkeypatch.setattr(multiprocessing, "get_context", get_context)
+    return asked
+
+
+def test_parallel_cache_build_works_without_fork(celeba_copy: Path, windows_like_multiprocessing: list[str],
+                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decoded_cache, "CHUNK", 8)
+    parallel = build_decoded_cache(celeba_copy, "train", cache_dir=tmp_path / "a", num_workers=2, progress=False)
+    assert windows_like_multiprocessing == ["spawn"]
+    serial = build_decoded_cache(celeba_copy, "train", cache_dir=tmp_path / "b", num_workers=1, progress=False)
+    assert parallel.path.read_bytes() == serial.path.read_bytes()
+
+
+def test_parallel_synthetic_faces_work_without_fork(windows_like_multiprocessing: list[str], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(synthetic_celeba, "CHUNK", 8)
+    monkeypatch.setattr(synthetic_celeba, "_pool_size", lambda jobs: 2)
+    parallel = synthetic_celeba.write_synthetic_celeba(tmp_path / "parallel", num_images=20, seed=3)
+    assert windows_like_multiprocessing == ["spawn"]
+    monkeypatch.setattr(synthetic_celeba, "_pool_size", lambda jobs: 1)
+    serial = synthetic_celeba.write_synthetic_celeba(tmp_path / "serial", num_images=20, seed=3)
+    files = sorted(p.relative_to(parallel) for p in parallel.rglob("*") if p.is_file())
+    assert len(files) == 20 + 5
+    assert files == sorted(p.relative_to(serial) for p in serial.rglob("*") if p.is_file())
+    for name in files:
+        assert (parallel / name).read_bytes() == (serial / name).read_bytes(), name
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and umask are POSIX")
+def test_cache_files_get_normal_permissions(celeba_copy: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        decoded = build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(decoded.path.stat().st_mode) == 0o644
+
+
+def _count_decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    decoded: list[str] = []
+    real = CelebASource.iter_images
+
+    def counting(self: CelebASource, names: Iterable[str], crop_size: int = 128) -> Iterator[Image.Image]:
+        for name in names:
+            decoded.append(name)
+            yield from real(self, [name], crop_size)
+
+    monkeypatch.setattr(CelebASource, "iter_images", counting)
+    return decoded
+
+
+def test_a_training_subset_decodes_only_its_images(
+    celeba_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index = read_index(find_celeba(celeba_copy))
+    names, attributes = index.split("train")
+    decoded = _count_decoded(monkeypatch)
+    subset = build_decoded_cache(celeba_copy, "train", num_workers=1, progress=False, index=index, max_images=10,
+                                 seed=1)
+    assert len(decoded) == 10 and sorted(decoded) == subset.filenames
+    assert subset.path.name == "train_128_n10_seed1.npy"
+    rows = np.sort(np.random.default_rng(1).choice(len(names), size=10, replace=False))
+    assert subset.filenames == [names[i] for i in rows]
+    assert attributes is not None and np.array_equal(subset.attributes, attributes[rows])
+    folder = celeba_copy / "celeba" / "img_align_celeba"
+    assert np.array_equal(subset.images, np.stack([helper_data.decode_cropped(folder / n) for n in subset.filenames]))
+
+    again = build_decoded_cache(celeba_copy, "train", num_workers=1, progress=False, index=index, max_images=10,
+                                seed=1)
+    assert len(decoded) == 10 and again.filenames == subset.filenames
+    other = build_decoded_cache(celeba_copy, "train", num_workers=1, progress=False, index=index, max_images=10,
+                                seed=2)
+    assert len(decoded) == 20 and other.filenames != subset.filenames
+    whole = build_decoded_cache(celeba_copy, "train", num_workers=1, progress=False, index=index,
+                                max_images=len(names) + 1)
+    assert whole.filenames == names and whole.path.name == "train_128.npy"
+    assert f"holds {len(names)} images, fewer than the {len(names) + 1} asked for" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="0 images were asked of the train split"):
+        build_decoded_cache(celeba_copy, "train", progress=False, index=index, max_images=0)
+
+
+def test_cached_loaders_take_subsets_of_the_splits(celeba_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded = _count_decoded(monkeypatch)
+    train, valid, test = get_cached_dataloaders_celeba(4, "cpu", root=celeba_copy, num_workers=1, progress=False,
+                                                       train_images=10, eval_images=3, seed=5)
+    assert (len(train.dataset), len(valid.dataset), len(test.dataset)) == (10, 3, 3)
+    assert len(decoded) == 16 and len(train) == 3
+    alone = helper_data.get_cached_dataloader("valid", 4, root=celeba_copy, max_images=3, seed=5, progress=False)
+    assert alone.dataset.filenames == valid.dataset.filenames and not alone.shuffle and len(decoded) == 16
+
+
+@pytest.mark.parametrize(("shuffle", "drop_last"), [(False, False), (True, False), (True, True)])
+def test_host_batches_are_the_memory_map_rows(celeba_copy: Path, shuffle: bool, drop_last: bool,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    decoded = build_decoded_cache(celeba_copy, "train", num_workers=1, progress=False)
+    loader = CachedLoader(decoded, batch_size=7, shuffle=shuffle, drop_last=drop_last)
+    assert capsys.readouterr().out.count("\n") == 1 and not loader.on_gpu
+    torch.manual_seed(0)
+    batches = list(loader)
+    torch.manual_seed(0)
+    order = torch.randperm(len(decoded)) if shuffle else torch.arange(len(decoded))
+    assert len(batches) == len(loader) == (len(decoded) // 7 if drop_last else -(-len(decoded) // 7))
+    for b, (images, labels) in enumerate(batches):
+        rows = np.sort(order[b * 7:(b + 1) * 7].numpy())
+        assert torch.equal(images, torch.from_numpy(decoded.images[rows]).float() / 255)
+        assert labels.dtype == torch.int64 and torch.equal(labels, torch.from_numpy(decoded.attributes[rows]).long())
+
+
+def test_data_on_gpu_true_without_cuda_is_an_error(celeba_copy: Path) -> None:
+    decoded = build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False)
+    with pytest.raises(ValueError, match="data_on_gpu=True needs a CUDA device, but the device is 'cpu'"):
+        CachedLoader(decoded, batch_size=4, data_on_gpu=True)
+
+
+def test_a_split_is_uploaded_once_while_a_loader_holds_it(celeba_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded = build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False)
+    uploads: list[int] = []
+    real = decoded_cache._upload
+
+    def counting(images: np.ndarray, device: torch.device) -> torch.Tensor:
+        uploads.append(len(images))
+        return real(images, device)
+
+    monkeypatch.setattr(decoded_cache, "_upload", counting)
+    monkeypatch.setattr(decoded_cache, "UPLOAD_CHUNK_BYTES", 2 * decoded.images[0].nbytes)
+    first = decoded_cache.device_copy(decoded, "cpu")
+    assert torch.equal(first, torch.from_numpy(np.array(decoded.images)))
+    assert decoded_cache.device_copy(decoded, "cpu") is first and uploads == [len(decoded)]
+    changed = decoded_cache.DecodedSplit(decoded.images, decoded.attributes, decoded.filenames, decoded.path, "new")
+    assert decoded_cache.device_copy(changed, "cpu") is not first and len(uploads) == 2
+    del first
+    gc.collect()
+    decoded_cache.device_copy(decoded, "cpu")
+    assert len(uploads) == 3

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+import helper_latent
+import helper_plotting
 from helper_data import get_cached_dataloaders_celeba
-from helper_train import decoder_comparison_table, evaluate_vae, mean_image_baseline, train_vae_v1, vae_loss
-from helper_utils import load_model, set_all_seeds
+from helper_train import (
+    EpochImages,
+    decoder_comparison_table,
+    epoch_images_gif,
+    evaluate_vae,
+    mean_image_baseline,
+    train_vae_v1,
+    vae_loss,
+)
+from helper_utils import eval_mode, load_model, set_all_seeds
 from model import VAE
 
 
@@ -202,3 +215,68 @@ def test_a_new_run_keeps_the_previous_checkpoint_as_backup(loaders: tuple, tmp_p
     one_step_run()
     assert checkpoint.with_name("checkpoint.pt.bak").read_bytes() == first
     assert checkpoint.read_bytes() != first
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_eval_mode_restores_the_previous_mode_also_on_errors(training: bool) -> None:
+    model = VAE(latent_dim=8).train(training)
+    with eval_mode(model), torch.no_grad():
+        assert not model.training and not model.encoder[2].training
+    assert model.training == training and model.encoder[2].training == training
+    with pytest.raises(RuntimeError, match="boom"), eval_mode(model):
+        raise RuntimeError("boom")
+    assert all(m.training == training for m in model.modules())
+
+
+class BrokenDecoder(nn.Module):
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("decoder failed")
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: helper_latent.decode(m, torch.zeros(2, 8), "cpu"),
+    lambda m: helper_latent.reconstruct(m, torch.rand(2, 3, 128, 128), "cpu"),
+    lambda m: helper_latent.interpolate(m, torch.rand(3, 128, 128), torch.rand(3, 128, 128), "cpu", steps=3),
+    lambda m: helper_latent.encode_dataset(m, [(torch.rand(2, 3, 128, 128), None)], "cpu"),
+    lambda m: helper_plotting.plot_generated_images([(torch.rand(2, 3, 128, 128), None)], m, "cpu", modeltype="VAE"),
+    lambda m: helper_plotting.plot_images_sampled_from_vae(m, "cpu", 8, num_images=2),
+], ids=["decode", "reconstruct", "interpolate", "encode_dataset", "plot_generated_images", "plot_sampled"])
+def test_helpers_leave_a_training_model_in_training_mode_when_they_fail(call: Callable) -> None:
+    model = VAE(latent_dim=8)
+    model.decoder = BrokenDecoder()
+    model.encode = lambda x: (_ for _ in ()).throw(RuntimeError("encoder failed"))
+    with pytest.raises(RuntimeError, match="failed"):
+        call(model)
+    assert model.training
+
+
+def test_training_saves_one_picture_per_epoch_and_a_gif(tmp_path: Path) -> None:
+    set_all_seeds(0)
+    model = VAE(latent_dim=8)
+    images = (torch.rand(4, 3, 128, 128) * 255).to(torch.uint8)
+    batches = [(images[:2].float() / 255, torch.zeros(2)), (images[2:].float() / 255, torch.zeros(2))]
+    folder = tmp_path / "epochs"
+    train_vae_v1(2, model, torch.optim.Adam(model.parameters()), "cpu", batches, progress=False,
+                 epoch_images=EpochImages(images=images, noise=torch.randn(4, 8), folder=folder))
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch_001.png", "epoch_002.png"]
+    for name in ("epoch_001.png", "epoch_002.png"):
+        with Image.open(folder / name) as picture:
+            assert picture.size == (4 * 130 + 2, 3 * 130 + 2)  # 4 columns, 3 rows of 128 px with 2 px gaps
+            pixels = torch.from_numpy(np.array(picture.convert("RGB"))).permute(2, 0, 1)
+        assert torch.equal(pixels[:, 2:130, 2:130], images[0])
+        assert torch.equal(pixels[:, 2:130, 132:260], images[1])
+    assert model.training
+    gif = epoch_images_gif(folder, tmp_path / "training.gif")
+    with Image.open(gif) as animation:
+        assert animation.n_frames == 2 and animation.size == (522, 392)
+    with Image.open(epoch_images_gif(folder, tmp_path / "first.gif", num_epochs=1)) as animation:
+        assert animation.n_frames == 1
+
+
+def test_epoch_images_from_a_loader_are_fixed_by_the_seed(tmp_path: Path) -> None:
+    images = torch.rand(10, 3, 128, 128)
+    loader = [(images[:6], torch.zeros(6)), (images[6:], torch.zeros(4))]
+    first, again = (EpochImages.from_loader(loader, tmp_path, num_images=4, seed=3) for _ in range(2))
+    assert torch.equal(first.images, images[:4]) and first.noise.shape == (4, 200)
+    assert torch.equal(first.noise, again.noise)
+    assert not torch.equal(first.noise, EpochImages.from_loader(loader, tmp_path, num_images=4, seed=4).noise)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pytest
 from PIL import Image
 
 import run_lecture
@@ -24,7 +25,7 @@ def test_notebooks_are_committed_without_outputs() -> None:
         assert not any("class VAE" in c.source for c in code), path.name
 
 
-def test_runner_executes_all_notebooks_for_both_decoders(tmp_path: Path) -> None:
+def test_runner_executes_all_notebooks_for_both_decoders(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "outputs"
     assert run_lecture.main(["--dataset", "synthetic", "--num-synthetic", "120", "--epochs", "1", "--batch-size", "32",
                              "--decoder", "both", "--device", "cpu", "--num-latent-images", "40",
@@ -43,11 +44,19 @@ def test_runner_executes_all_notebooks_for_both_decoders(tmp_path: Path) -> None
                 "nearest_samples_0.png", "transpose_latent_histograms.png", "transpose_latent_summary.png",
                 "decoders_reconstructions.png", "decoders_samples.png", "average_faces_Smiling.png",
                 "transpose_modified_Eyeglasses.png", "nearest_latent_average_faces_Smiling.png",
-                "nearest_interpolation.png", "nearest_interpolation.gif"}
+                "nearest_interpolation.png", "nearest_interpolation.gif", "training_faces.png", "power_spectra.png",
+                "transpose_epochs.gif", "nearest_attribute_probe.png", "transpose_explorer.png"}
     assert expected <= figures
-    for name in expected - {"nearest_interpolation.gif"}:
+    for name in {n for n in expected if n.endswith(".png")}:
         with Image.open(out / "figures" / name) as image:
             assert image.width > 100 and image.height > 100
+    printed = capfd.readouterr()
+    assert "without encryption" not in printed.out + printed.err
+    for decoder in ("transpose", "nearest"):
+        quality = metrics["runs"][decoder]["test_quality"]
+        assert 0 < quality["ssim"] <= 1 and quality["psnr"] > 0 and quality["mse"] > 0
+        assert metrics["spectra"][decoder]["reconstruction_nyquist_ratio"] > 0
+        assert 0 <= metrics["probe"][decoder]["Smiling"] <= 1
     executed = nbformat.read(out / "notebooks" / "2_sample_and_reconstruct_nearest.ipynb", as_version=4)
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "| nearest |" in text and "| transpose |" in text and "SYNTHETIC" in text

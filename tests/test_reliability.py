@@ -168,3 +168,70 @@ def test_a_cuda_checkpoint_loads_on_a_cpu_only_machine(tmp_path: Path) -> None:
     model = load_model(cuda_path, "cpu")
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert torch.equal(model.state_dict()["z_mean.weight"], load_model(path).state_dict()["z_mean.weight"])
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_written_files_get_the_usual_permissions(tmp_path: Path, umask: int, mode: int) -> None:
+    previous = os.umask(umask)
+    helper_utils._file_mode.cache_clear()
+    try:
+        atomic_write(tmp_path / "metrics.json", lambda f: f.write(b"{}"))
+        save_checkpoint(tmp_path / "checkpoint.pt", VAE(latent_dim=8))
+        assert os.umask(umask) == umask
+    finally:
+        os.umask(previous)
+        helper_utils._file_mode.cache_clear()
+    for name in ("metrics.json", "checkpoint.pt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+SYNTHETIC = {"kind": "synthetic", "layout": "torchvision", "root": "/x/synthetic-celeba-2000-seed123", "images": 1638}
+CELEBA = {"kind": "celeba", "layout": "kaggle", "root": "/x/data", "images": 162770}
+
+
+def _data_checkpoint(tmp_path: Path, data: dict | None) -> Path:
+    settings = {"dataset": "synthetic"} if data is None else {"data": data}
+    return save_checkpoint(tmp_path / "checkpoint.pt", VAE(latent_dim=8), settings=settings)
+
+
+def test_weights_trained_on_other_data_are_refused(tmp_path: Path) -> None:
+    path = _data_checkpoint(tmp_path, SYNTHETIC)
+    expected = (f"{path} was trained on synthetic faces (torchvision layout, /x/synthetic-celeba-2000-seed123, "
+                "1,638 training images) but this run uses CelebA (kaggle layout, /x/data, 162,770 training images): "
+                "train again with these data (resume=False), or point data_root at the data the weights were "
+                "trained on.")
+    with pytest.raises(ValueError) as raised:
+        load_model(path, data=CELEBA)
+    assert str(raised.value) == expected
+    with pytest.raises(ValueError, match="this run uses CelebA"):
+        helper_utils.check_settings(load_checkpoint(path), VAE(latent_dim=8), path, data=CELEBA)
+    for key, value in (("layout", "kaggle"), ("root", "/elsewhere"), ("images", 1600)):
+        with pytest.raises(ValueError, match="was trained on synthetic faces"):
+            load_model(path, data={**SYNTHETIC, key: value})
+
+
+def test_weights_trained_on_the_same_data_or_without_a_record_load(tmp_path: Path) -> None:
+    assert load_model(_data_checkpoint(tmp_path, SYNTHETIC), data=dict(SYNTHETIC)).latent_dim == 8
+    assert load_model(_data_checkpoint(tmp_path, SYNTHETIC)).latent_dim == 8
+    assert load_model(_data_checkpoint(tmp_path, None), data=CELEBA).latent_dim == 8
+    torch.save(VAE().state_dict(), tmp_path / "vae_celeba_02.pt")
+    assert load_model(tmp_path / "vae_celeba_02.pt", data=CELEBA).latent_dim == 200
+
+
+def test_resume_refuses_a_checkpoint_trained_on_other_data(tmp_path: Path) -> None:
+    from helper_train import train_vae_v1
+
+    batches = [(torch.rand(2, 3, 128, 128), torch.zeros(2))]
+    path = tmp_path / "checkpoint.pt"
+
+    def run(num_epochs: int, data: dict, resume: bool) -> dict:
+        model = VAE(latent_dim=8)
+        return train_vae_v1(num_epochs, model, torch.optim.Adam(model.parameters()), "cpu", batches,
+                            checkpoint_path=path, resume=resume, settings={"data": data}, progress=False)
+
+    run(1, SYNTHETIC, resume=False)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="checkpoint.pt was trained on synthetic faces .* this run uses CelebA"):
+        run(2, CELEBA, resume=True)
+    assert path.read_bytes() == before
+    assert run(2, SYNTHETIC, resume=True)["epoch"] == [1, 2]

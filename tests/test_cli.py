@@ -1,0 +1,137 @@
+"""Every bad input to run_lecture.py gets a short answer before any work starts: through the real command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helper_utils import save_checkpoint
+from model import VAE
+from synthetic_celeba import write_synthetic_celeba
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, code: str | None = None) -> tuple[int, str]:
+    """Run ``python run_lecture.py ARGS`` (or ``python -c CODE``) and return its exit code and all it printed."""
+    command = [sys.executable, "-c", code] if code else [sys.executable, str(REPO / "run_lecture.py"), *args]
+    done = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    return done.returncode, done.stdout + done.stderr
+
+
+def assert_short_answer(result: tuple[int, str], *expected: str, code: int = 2) -> None:
+    returncode, output = result
+    assert returncode == code, output
+    assert "Traceback" not in output, output
+    assert len(output.strip().splitlines()) <= 12, output
+    for text in expected:
+        assert text in output, output
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--epochs", "0"], ["--epochs", "0 must be at least 1"]),
+    (["--batch-size", "0"], ["--batch-size", "0 must be at least 1"]),
+    (["--batch-size", "abc"], ["--batch-size", "'abc' is not a whole number"]),
+    (["--train-images", "-5"], ["--train-images", "-5 must be at least 1"]),
+    (["--learning-rate", "-1"], ["--learning-rate", "positive number"]),
+    (["--learning-rate", "fast"], ["--learning-rate", "'fast' is not a number"]),
+    (["--seed", "-1"], ["--seed", "-1 must be at least 0"]),
+    (["--device", "gpu"], ["--device gpu"]),
+    (["--device", "cuda"], ["--device cuda", "CUDA is not available"]),
+])
+def test_bad_arguments(args: list[str], expected: list[str], tmp_path: Path) -> None:
+    if args[:2] == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert_short_answer(cli(*args, "--output-dir", str(tmp_path / "out")), *expected)
+    assert not (tmp_path / "out" / "notebooks").exists()
+
+
+def test_missing_data_folder(tmp_path: Path) -> None:
+    assert_short_answer(cli("--data-root", str(tmp_path / "nowhere")), str(tmp_path / "nowhere"), "does not exist")
+
+
+def test_empty_data_folder(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    assert_short_answer(cli("--data-root", str(tmp_path / "data")), "CelebA was not found", "img_align_celeba")
+
+
+def test_half_extracted_data_folder(celeba_copy: Path) -> None:
+    images = sorted((celeba_copy / "celeba" / "img_align_celeba").iterdir())
+    for image in images[len(images) // 2:]:
+        image.unlink()
+    assert_short_answer(cli("--data-root", str(celeba_copy)), "missing from", "list_eval_partition.txt")
+
+
+def test_zip_that_is_a_web_page(tmp_path: Path) -> None:
+    folder = tmp_path / "data" / "celeba"
+    folder.mkdir(parents=True)
+    (folder / "img_align_celeba.zip").write_text("<!DOCTYPE html><html><title>Google Drive - quota</title></html>")
+    assert_short_answer(cli("--data-root", str(tmp_path / "data")), "img_align_celeba.zip", "web page")
+
+
+def test_unreadable_data_folder(celeba_copy: Path) -> None:
+    """As root nothing is unreadable, so the process raises the PermissionError the OS would give a user."""
+    code = (
+        "import os, sys, run_lecture\n"
+        "real = os.scandir\n"
+        f"target = {str(celeba_copy)!r}\n"
+        "def scandir(path='.'):\n"
+        "    if str(path).startswith(target):\n"
+        "        raise PermissionError(13, 'Permission denied', str(path))\n"
+        "    return real(path)\n"
+        "os.scandir = scandir\n"
+        f"sys.exit(run_lecture.main(['--data-root', target]))\n"
+    )
+    assert_short_answer(cli(code=code), str(celeba_copy), "ermission")
+
+
+def test_resume_with_nothing_to_resume(celeba_root: Path, tmp_path: Path) -> None:
+    assert_short_answer(cli("--data-root", str(celeba_root), "--output-dir", str(tmp_path / "out"), "--resume"),
+                        "no checkpoint to resume", str(tmp_path / "out" / "transpose" / "checkpoint.pt"))
+
+
+def test_resume_from_another_model(celeba_root: Path, tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "out" / "transpose" / "checkpoint.pt", VAE(decoder="nearest"), epoch=1)
+    assert_short_answer(cli("--data-root", str(celeba_root), "--output-dir", str(tmp_path / "out"), "--resume"),
+                        "decoder='nearest'", "checkpoint.pt")
+
+
+def test_resume_on_other_data(celeba_root: Path, tmp_path: Path) -> None:
+    data = {"kind": "synthetic", "layout": "torchvision", "root": str(tmp_path / "synthetic"), "images": 1600}
+    save_checkpoint(tmp_path / "out" / "transpose" / "checkpoint.pt", VAE(), epoch=1, settings={"data": data})
+    assert_short_answer(cli("--data-root", str(celeba_root), "--output-dir", str(tmp_path / "out"), "--resume"),
+                        "synthetic", str(celeba_root))
+
+
+def test_corrupt_checkpoint(celeba_root: Path, tmp_path: Path) -> None:
+    path = tmp_path / "out" / "transpose" / "checkpoint.pt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"PK\x03\x04 half a checkpoint")
+    assert_short_answer(cli("--data-root", str(celeba_root), "--output-dir", str(tmp_path / "out"), "--resume"),
+                        str(path), "corrupted")
+
+
+def test_output_folder_that_cannot_be_written(celeba_root: Path, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    assert_short_answer(cli("--data-root", str(celeba_root), "--output-dir", str(tmp_path / "a-file" / "out")),
+                        "cannot write to the output folder", "--output-dir")
+
+
+def test_notebook_failing_half_way_is_summarized(tmp_path: Path) -> None:
+    root = write_synthetic_celeba(tmp_path / "data", num_images=30, seed=3)
+    victim = root / "celeba" / "img_align_celeba" / "000002.jpg"
+    victim.write_bytes(victim.read_bytes()[:200])
+    out = tmp_path / "out"
+    returncode, output = cli("--data-root", str(root), "--output-dir", str(out), "--epochs", "1", "--device", "cpu")
+    executed = out / "notebooks" / "1_train_vae_transpose.ipynb"
+    assert returncode == 1 and "Traceback" not in output, output
+    errors = output[output.index("run_lecture.py: "):]
+    assert len(errors.strip().splitlines()) <= 4, errors
+    assert "1_train_vae.ipynb failed in cell" in errors and "000002.jpg" in errors and str(executed) in errors
+    assert "Traceback" in executed.read_text() or "traceback" in executed.read_text()

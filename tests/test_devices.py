@@ -1,0 +1,292 @@
+"""CUDA and MPS behaviour, checked on a CPU-only machine through stand-ins for the accelerator."""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+import helper_utils
+from helper_precision import choose_precision
+from helper_train import evaluate_vae, mean_image_baseline, train_vae_v1
+from helper_utils import restore_rng_states, rng_states, set_all_seeds
+from model import VAE
+
+
+class FakeAccelerator(TorchFunctionMode):
+    """A ``kind`` ("cuda" or "mps") device on a CPU-only machine.
+
+    Tensors moved or created there are CPU tensors that this mode tracks, and so is everything computed from them.
+    As on the real devices, a tracked tensor cannot become a NumPy array, and on MPS none can be float64.
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._tracked: dict[int, weakref.ref] = {}
+
+    def holds(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` lives on the stand-in device."""
+        ref = self._tracked.get(id(tensor))
+        return ref is not None and ref() is tensor
+
+    def _retarget(self, value: Any) -> tuple[Any, str | None]:
+        if isinstance(value, (str, torch.device)):
+            target = torch.device(value).type
+            return ("cpu" if target == self.kind else value), target
+        return value, None
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = dict(kwargs or {})
+        target = "cpu" if func is torch.Tensor.cpu else None
+        if "device" in kwargs:
+            kwargs["device"], target = self._retarget(kwargs["device"])
+        if func is torch.Tensor.to:
+            moved = [self._retarget(a) for a in args[1:]]
+            args = (args[0], *(value for value, _ in moved))
+            target = next((t for _, t in moved if t is not None), target)
+            if target == self.kind:
+                kwargs["copy"] = True
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        on_device = target == self.kind or (target is None and any(self.holds(t) for t in inputs))
+        if func is torch.Tensor.numpy and on_device:
+            raise TypeError(f"can't convert {self.kind}:0 device type tensor to numpy. Use Tensor.cpu() to copy the "
+                            "tensor to host memory first.")
+        result = func(*args, **kwargs)
+        if target == "cpu" and isinstance(result, torch.Tensor) and self.holds(result):
+            result = result.clone()  # a copy to the host is a new tensor
+        if on_device:
+            for out in tree_flatten(result)[0]:
+                if not isinstance(out, torch.Tensor):
+                    continue
+                if self.kind == "mps" and out.dtype == torch.float64:
+                    raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't "
+                                    "support float64. Please use float32 instead.")
+                self._tracked[id(out)] = weakref.ref(out)
+        return result
+
+
+CARDS = {
+    "Tesla T4": (7, 5),
+    "Tesla V100-SXM2-16GB": (7, 0),
+    "NVIDIA GeForce RTX 2080 Ti": (7, 5),
+    "NVIDIA A100-SXM4-40GB": (8, 0),
+    "NVIDIA H100 80GB HBM3": (9, 0),
+}
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Install the CUDA API of a card (by name, see ``CARDS``) over a CPU-only torch; bf16 is emulated below 8.0."""
+
+    def install(name: str) -> None:
+        capability = CARDS[name]
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True: including_emulation or capability >= (8, 0))
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.zeros(16, dtype=torch.uint8)])
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: None)
+        # the optimizers' CUDA-graph check would ask the (absent) driver for its current stream
+        monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: None)
+
+    return install
+
+
+@pytest.fixture
+def tf32_flags() -> Any:
+    """Set the global TF32 flags to values no code sets by itself; put the originals back afterwards."""
+    saved = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("medium")
+    torch.backends.cudnn.allow_tf32 = False
+    yield "medium", False
+    torch.set_float32_matmul_precision(saved[0])
+    torch.backends.cudnn.allow_tf32 = saved[1]
+
+
+class RecordingVAE(VAE):
+    """A small-latent VAE that records, at each forward, its mode, the CUDA autocast state and the TF32 flags."""
+
+    def __init__(self, fail_at_call: int | None = None) -> None:
+        super().__init__(latent_dim=8)
+        self.calls: list[tuple[str, torch.dtype | None, str, bool]] = []
+        self.fail_at_call = fail_at_call
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if len(self.calls) == self.fail_at_call:
+            raise RuntimeError("simulated failure in a training step")
+        autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        self.calls.append(("train" if self.training else "eval", autocast, torch.get_float32_matmul_precision(),
+                           torch.backends.cudnn.allow_tf32))
+        return super().forward(x)
+
+
+def _batches(count: int = 2, size: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    return [(torch.rand(size, 3, 128, 128, generator=generator), torch.zeros(size)) for _ in range(count)]
+
+
+@pytest.mark.parametrize(("card", "expected", "why"), [
+    ("Tesla T4", "fp16", "Tesla T4, compute capability 7.5, has no native bf16"),
+    ("Tesla V100-SXM2-16GB", "fp16", "Tesla V100-SXM2-16GB, compute capability 7.0, has no native bf16"),
+    ("NVIDIA GeForce RTX 2080 Ti", "fp16", "NVIDIA GeForce RTX 2080 Ti, compute capability 7.5, has no native bf16"),
+    ("NVIDIA A100-SXM4-40GB", "bf16", "NVIDIA A100-SXM4-40GB, compute capability 8.0, native bf16"),
+    ("NVIDIA H100 80GB HBM3", "bf16", "NVIDIA H100 80GB HBM3, compute capability 9.0, native bf16"),
+])
+def test_auto_precision_uses_bf16_only_where_it_is_native(fake_cuda: Any, card: str, expected: str, why: str) -> None:
+    fake_cuda(card)
+    chosen = choose_precision("auto", "cuda")
+    assert (chosen.name, chosen.reason) == (expected, why)
+    assert chosen.autocast_dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[expected]
+    assert chosen.grad_scaler().is_enabled() == (expected == "fp16")
+
+
+@pytest.mark.parametrize(("precision", "device", "expected"), [
+    ("auto", "cpu", "fp32"), ("auto", "mps", "fp32"), ("tf32", "cpu", "fp32"), ("tf32", "cuda", "tf32"),
+    ("fp32", "cuda", "fp32"), ("fp16", "cuda", "fp16"), ("bf16", "cuda", "bf16"),
+])
+def test_explicit_precisions(fake_cuda: Any, precision: str, device: str, expected: str) -> None:
+    fake_cuda("Tesla T4")
+    chosen = choose_precision(precision, device)
+    assert chosen.name == expected
+    assert chosen.tf32 == (device == "cuda" and expected != "fp32")
+
+
+def test_unknown_precision_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match="precision='half' is not one of 'auto', 'bf16', 'fp16', 'fp32', 'tf32'"):
+        choose_precision("half", "cpu")
+
+
+def test_training_on_a_t4_uses_fp16_with_a_gradient_scaler_and_says_so(
+    fake_cuda: Any, tf32_flags: tuple[str, bool], capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    fake_cuda("Tesla T4")
+    model = RecordingVAE()
+    with FakeAccelerator("cuda"):
+        train_vae_v1(1, model, torch.optim.Adam(model.parameters()), "cuda", _batches(), valid_loader=_batches(1),
+                     checkpoint_path=tmp_path / "checkpoint.pt", progress=False)
+    precision_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Precision:")]
+    expected = "Precision: fp16 autocast + gradient scaling (Tesla T4, compute capability 7.5, has no native bf16)"
+    assert precision_lines == [expected]
+    assert model.calls[:2] == [("train", torch.float16, "high", True)] * 2
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert checkpoint["scaler"]["scale"] > 0
+
+
+def test_the_gradient_scaler_state_survives_a_resume(fake_cuda: Any, tmp_path: Path) -> None:
+    fake_cuda("Tesla T4")
+    path = tmp_path / "checkpoint.pt"
+    with FakeAccelerator("cuda"):
+        model = RecordingVAE()
+        train_vae_v1(1, model, torch.optim.Adam(model.parameters()), "cuda", _batches(), checkpoint_path=path,
+                     progress=False)
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["scaler"].update(scale=1024.0, _growth_tracker=7)
+        torch.save(checkpoint, path)
+        model = RecordingVAE()
+        train_vae_v1(2, model, torch.optim.Adam(model.parameters()), "cuda", _batches(1), checkpoint_path=path,
+                     resume=True, progress=False)
+    resumed = torch.load(path, weights_only=True)["scaler"]
+    assert (resumed["scale"], resumed["_growth_tracker"]) == (1024.0, 8)
+
+
+def test_tf32_is_on_only_during_the_training_steps(fake_cuda: Any, tf32_flags: tuple[str, bool]) -> None:
+    fake_cuda("NVIDIA A100-SXM4-40GB")
+    model = RecordingVAE()
+    with FakeAccelerator("cuda"):
+        train_vae_v1(1, model, torch.optim.Adam(model.parameters()), "cuda", _batches(), valid_loader=_batches(1),
+                     precision="tf32", progress=False)
+    assert model.calls == [("train", None, "high", True)] * 2 + [("eval", None, "highest", False)]
+    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == tf32_flags
+
+
+def test_validation_runs_in_full_fp32_after_bf16_training(fake_cuda: Any, tf32_flags: tuple[str, bool]) -> None:
+    fake_cuda("NVIDIA H100 80GB HBM3")
+    model = RecordingVAE()
+    with FakeAccelerator("cuda"):
+        train_vae_v1(1, model, torch.optim.Adam(model.parameters()), "cuda", _batches(1), valid_loader=_batches(1),
+                     progress=False)
+        evaluate_vae(model, _batches(1), "cuda")
+    assert model.calls == [("train", torch.bfloat16, "high", True)] + [("eval", None, "highest", False)] * 2
+    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == tf32_flags
+
+
+def test_tf32_flags_are_restored_when_training_fails(fake_cuda: Any, tf32_flags: tuple[str, bool]) -> None:
+    fake_cuda("NVIDIA A100-SXM4-40GB")
+    model = RecordingVAE(fail_at_call=1)
+    with FakeAccelerator("cuda"), pytest.raises(RuntimeError, match="simulated failure"):
+        train_vae_v1(1, model, torch.optim.Adam(model.parameters()), "cuda", _batches(), progress=False)
+    assert model.calls == [("train", torch.bfloat16, "high", True)]
+    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == tf32_flags
+
+
+def test_evaluation_and_baseline_need_no_float64_on_mps() -> None:
+    set_all_seeds(1)
+    model = VAE(latent_dim=8)
+    batches = _batches(3)
+    expected = evaluate_vae(model, batches, "cpu")
+    expected_baseline = mean_image_baseline(batches[:2], batches[2:])
+    with FakeAccelerator("mps") as mps:
+        on_mps = [(x.to("mps"), y) for x, y in batches]
+        assert mps.holds(on_mps[0][0])
+        model.to("mps")
+        assert evaluate_vae(model, batches, "mps") == pytest.approx(expected, rel=1e-4)
+        assert mean_image_baseline(on_mps[:2], on_mps[2:]) == pytest.approx(expected_baseline, rel=1e-4)
+
+
+def test_the_stand_in_refuses_float64_on_mps() -> None:
+    with FakeAccelerator("mps"), pytest.raises(TypeError, match="MPS framework doesn't support float64"):
+        torch.zeros(3, device="mps", dtype=torch.float64)
+
+
+def test_rng_states_restore_from_tensors_on_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_all_seeds(5)
+    saved = rng_states()
+    expected = torch.rand(3)
+    given: list[torch.Tensor] = []
+    real_set_rng_state = torch.set_rng_state
+
+    def spy(state: torch.Tensor) -> None:
+        given.append(state)
+        real_set_rng_state(state)
+
+    monkeypatch.setattr(torch, "set_rng_state", spy)
+    with FakeAccelerator("mps") as mps:
+        on_device = tree_map(lambda v: v.to("mps") if isinstance(v, torch.Tensor) else v, saved)
+        assert mps.holds(on_device["torch"])
+        restore_rng_states(on_device)
+        assert not mps.holds(given[0])
+    assert given[0].device.type == "cpu" and given[0].dtype == torch.uint8
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_resume_on_a_gpu_restores_the_rng_states(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """A checkpoint loaded with ``map_location=device`` has its RNG states on the GPU; resuming must not care."""
+    path = tmp_path / "checkpoint.pt"
+    real_load = torch.load
+    with FakeAccelerator("mps"):
+
+        def load_like_torch(f: Any, map_location: Any = None, **kwargs: Any) -> Any:
+            loaded = real_load(f, map_location="cpu", **kwargs)
+            if map_location is not None and torch.device(map_location).type == "mps":
+                loaded = tree_map(lambda v: v.to("mps") if isinstance(v, torch.Tensor) else v, loaded)
+            return loaded
+
+        set_all_seeds(3)
+        model = VAE(latent_dim=8)
+        train_vae_v1(1, model, torch.optim.Adam(model.parameters()), "mps", _batches(), checkpoint_path=path,
+                     progress=False)
+        monkeypatch.setattr(torch, "load", load_like_torch)
+        model = VAE(latent_dim=8)
+        log = train_vae_v1(2, model, torch.optim.Adam(model.parameters()), "mps", _batches(),
+                           checkpoint_path=path, resume=True, progress=False)
+    assert "1 of 2 epochs already done" in capsys.readouterr().out
+    assert log["epoch"] == [1, 2]
+    assert helper_utils.load_checkpoint(path)["epoch"] == 2

@@ -1,0 +1,319 @@
+"""Reconstruction metrics, the checkerboard spectrum, attribute probes and the latent explorer."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import warnings
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from sklearn.exceptions import ConvergenceWarning
+from torch import nn
+
+import helper_quality
+from helper_latent import decode, reconstruct
+from helper_quality import (
+    attribute_probe,
+    explorer_image,
+    latent_explorer,
+    mean_power_spectrum,
+    nyquist_power_ratio,
+    plot_power_spectra,
+    plot_probe,
+    probe_table,
+    radial_power_spectrum,
+    reconstruction_metrics,
+    spectral_report,
+    top_variance_dimensions,
+)
+from model import VAE
+
+HAS_WIDGETS = importlib.util.find_spec("ipywidgets") is not None
+
+
+@pytest.fixture(autouse=True)
+def close_figures() -> None:
+    yield
+    plt.close("all")
+
+
+class AddConstant(nn.Module):
+    def __init__(self, offset: float | torch.Tensor) -> None:
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.offset
+
+
+class OffsetAutoencoder(nn.Module):
+    """Encodes an image as itself (with a wide posterior); decodes the mean plus ``offset``: known errors.
+
+    Its dropout and wide posterior make the metrics wrong unless they decode posterior means in eval mode.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], offset: float | torch.Tensor = 0.0) -> None:
+        super().__init__()
+        self.latent_dim = math.prod(shape)
+        self.decoder = nn.Sequential(nn.Unflatten(1, shape), AddConstant(offset), nn.Dropout(0.5))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.flatten(1), torch.full_like(x.flatten(1), 5.0)
+
+
+class LinearDecoderModel(nn.Module):
+    """A model whose decoder is affine in the code: linearity of the explorer is visible in its images."""
+
+    def __init__(self, latent_dim: int = 6, size: int = 8) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.latent_dim = latent_dim
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, 3 * size * size), nn.Unflatten(1, (3, size, size)))
+
+
+def batches(images: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(chunk, torch.zeros(len(chunk), 40, dtype=torch.int64)) for chunk in images.split(batch_size)]
+
+
+def smooth_images(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """Low-frequency images: random 8x8 images upsampled bicubically, in [0.2, 0.8]."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 8, 8, generator=g)
+    return 0.2 + 0.6 * F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def checkerboard(size: int) -> torch.Tensor:
+    ij = torch.arange(size)
+    return ((ij[:, None] + ij[None, :]) % 2).float() * 2 - 1
+
+
+# 1. Reconstruction metrics
+
+
+def test_reconstruction_metrics_match_known_errors() -> None:
+    images = smooth_images(10, size=32)
+    offset = OffsetAutoencoder((3, 32, 32), offset=0.1).train()
+    metrics = reconstruction_metrics(offset, batches(images, 4), "cpu")
+    assert offset.training, "the model's training mode must be restored"
+    assert metrics["num_images"] == 10
+    assert metrics["mse"] == pytest.approx(0.01, rel=1e-4)
+    assert metrics["sse_per_image"] == pytest.approx(0.01 * 3 * 32 * 32, rel=1e-4)
+    assert metrics["psnr"] == pytest.approx(20.0, abs=1e-3)
+    assert 0.0 < metrics["ssim"] < 1.0
+    perfect = reconstruction_metrics(OffsetAutoencoder((3, 32, 32)), batches(images, 4), "cpu")
+    assert perfect["mse"] == 0.0 and perfect["psnr"] == math.inf
+    assert perfect["ssim"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_reconstruction_metrics_do_not_depend_on_batching_and_stop_at_max_images() -> None:
+    noise = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    images = smooth_images(11, size=32)
+    noisy_model = OffsetAutoencoder((3, 32, 32), offset=0.05 * noise)
+    one_batch = reconstruction_metrics(noisy_model, batches(images, 11), "cpu")
+    many = reconstruction_metrics(noisy_model, batches(images, 3), "cpu")
+    for key in ("mse", "sse_per_image", "psnr", "ssim"):
+        assert many[key] == pytest.approx(one_batch[key], rel=1e-5), key
+    first_seven = reconstruction_metrics(noisy_model, batches(images, 3), "cpu", max_images=7)
+    reference = reconstruction_metrics(noisy_model, batches(images[:7], 7), "cpu")
+    assert first_seven["num_images"] == 7
+    for key in ("mse", "psnr", "ssim"):
+        assert first_seven[key] == pytest.approx(reference[key], rel=1e-5), key
+    worse = reconstruction_metrics(OffsetAutoencoder((3, 32, 32), offset=0.2 * noise), batches(images, 11), "cpu")
+    assert worse["ssim"] < one_batch["ssim"] < 1.0 and worse["psnr"] < one_batch["psnr"]
+
+
+def test_reconstruction_metrics_use_posterior_means_in_eval_mode() -> None:
+    torch.manual_seed(0)
+    model = VAE().train()
+    images = torch.rand(6, 3, 128, 128)
+    metrics = reconstruction_metrics(model, batches(images, 4), "cpu")
+    assert model.training
+    expected = ((reconstruct(model, images, "cpu") - images) ** 2).mean().item()
+    assert metrics["mse"] == pytest.approx(expected, rel=1e-5)
+    assert all(math.isfinite(v) for v in metrics.values())
+
+
+# 2. The checkerboard, measured
+
+
+def test_power_spectrum_is_centred_and_keeps_the_energy() -> None:
+    images = smooth_images(4, size=32)
+    spectrum = mean_power_spectrum(images)
+    assert spectrum.shape == (32, 32) and spectrum.dtype == torch.float32
+    assert spectrum[16, 16] == pytest.approx(0.0, abs=1e-8), "the DC term (centre after fftshift) must be removed"
+    centred = images - images.mean(dim=(-2, -1), keepdim=True)
+    assert spectrum.sum().item() == pytest.approx((centred**2).sum(dim=(-2, -1)).mean().item(), rel=1e-4)
+
+
+def test_checkerboard_raises_the_nyquist_ratio_and_identical_sets_give_one() -> None:
+    smooth = smooth_images(8)
+    real = mean_power_spectrum(smooth)
+    assert nyquist_power_ratio(real, real) == 1.0
+    assert nyquist_power_ratio(mean_power_spectrum(smooth.clone()), real) == 1.0
+    checkered = mean_power_spectrum(smooth + 0.05 * checkerboard(64))
+    assert nyquist_power_ratio(checkered, real) > 10
+    other_smooth = mean_power_spectrum(smooth_images(8, seed=1))
+    assert 0.5 < nyquist_power_ratio(other_smooth, real) < 2
+    with pytest.raises(ValueError):
+        nyquist_power_ratio(checkered, mean_power_spectrum(smooth_images(2, size=32)))
+
+
+def test_radial_spectrum_puts_a_sinusoid_at_its_frequency() -> None:
+    x = torch.arange(64).float()
+    image = torch.sin(2 * math.pi * 8 / 64 * x).expand(3, 64, 64)
+    frequencies, power = radial_power_spectrum(mean_power_spectrum(image))
+    assert len(frequencies) == len(power) == 32
+    assert frequencies[0] == pytest.approx(1 / 64) and frequencies[-1] == pytest.approx(0.5)
+    assert frequencies[int(power.argmax())] == pytest.approx(8 / 64)
+
+
+@pytest.mark.parametrize("decoder", ["transpose"])
+def test_spectral_report_and_plot(tmp_path: Path, decoder: str) -> None:
+    torch.manual_seed(0)
+    model = VAE(decoder=decoder).train()
+    loader = batches(torch.rand(6, 3, 128, 128), 4)
+    report = spectral_report(model, loader, "cpu", num_images=5, generator=torch.Generator().manual_seed(3))
+    assert model.training
+    assert report["num_images"] == 5
+    for key in ("reconstruction_nyquist_ratio", "sample_nyquist_ratio"):
+        assert math.isfinite(report[key]) and report[key] > 0
+    for key in ("radial_real", "radial_reconstructions", "radial_samples"):
+        assert report[key].shape == report["frequencies"].shape == (64,)
+    again = spectral_report(model, loader, "cpu", num_images=5, generator=torch.Generator().manual_seed(3))
+    assert again["sample_nyquist_ratio"] == report["sample_nyquist_ratio"]
+    fig = plot_power_spectra({"transpose": report, "other": again}, save_path=tmp_path / "spectra.png")
+    assert isinstance(fig, Figure)
+    assert len(fig.axes[0].get_lines()) == 1 + 2 * 2
+    assert (tmp_path / "spectra.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# 3. What the latent space knows
+
+
+def test_probe_reads_a_linear_attribute_and_not_noise(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(3000, 200)).astype(np.float32)
+    labels = np.stack([
+        (z[:, 3] + 0.5 * z[:, 17] > 0),
+        rng.random(3000) < 0.5,
+        np.r_[np.zeros(2000), np.ones(1000)],
+    ], axis=1).astype(np.int64)
+    names = ("linear", "noise", "constant_in_train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        results = attribute_probe(torch.from_numpy(z[:2000]), torch.from_numpy(labels[:2000]),
+                                  z[2000:], labels[2000:], names=names)
+    by_name = {r["attribute"]: r for r in results}
+    assert by_name["linear"]["balanced_accuracy"] > 0.9 and by_name["linear"]["accuracy"] > 0.9
+    assert abs(by_name["noise"]["balanced_accuracy"] - 0.5) < 0.1
+    assert 0.4 < by_name["noise"]["majority_accuracy"] < 0.6
+    assert not by_name["constant_in_train"]["probeable"]
+    assert math.isnan(by_name["constant_in_train"]["balanced_accuracy"])
+    table = probe_table(results)
+    assert table.count("\n") == 1 + len(names) and "not probeable" in table
+    fig = plot_probe(results, save_path=tmp_path / "probe.png")
+    assert len(fig.axes[0].patches) == len(names)
+    assert any(list(line.get_xdata()) == [0.5, 0.5] for line in fig.axes[0].get_lines())
+    assert (tmp_path / "probe.png").is_file()
+    with pytest.raises(ValueError):
+        attribute_probe(z[:10], labels[:10], z[10:20], labels[10:20])
+
+
+# 4. A latent explorer
+
+
+def test_explorer_image_decodes_the_shifted_code_linearly() -> None:
+    model = LinearDecoderModel()
+    z_base = torch.randn(6)
+    original = z_base.clone()
+    directions = {"a": torch.randn(6), "b": torch.randn(6)}
+    zero = explorer_image(model, z_base, directions, {}, "cpu")
+    assert torch.equal(zero, decode(model, z_base, "cpu")[0])
+    assert torch.equal(explorer_image(model, z_base, directions, {"a": 0.0, "b": 0.0}, "cpu"), zero)
+    both = explorer_image(model, z_base, directions, {"a": 1.5, "b": -2.0}, "cpu")
+    expected = model.decoder((z_base + 1.5 * directions["a"] - 2.0 * directions["b"]).unsqueeze(0))[0]
+    torch.testing.assert_close(both, expected)
+    only_a = explorer_image(model, z_base, directions, {"a": 1.5}, "cpu")
+    only_b = explorer_image(model, z_base, directions, {"b": -2.0}, "cpu")
+    torch.testing.assert_close(both - zero, (only_a - zero) + (only_b - zero), atol=1e-5, rtol=1e-5)
+    assert torch.equal(z_base, original)
+    with pytest.raises(KeyError):
+        explorer_image(model, z_base, directions, {"c": 1.0}, "cpu")
+
+
+def test_explorer_image_on_the_vae_is_an_eval_mode_face() -> None:
+    torch.manual_seed(0)
+    model = VAE().train()
+    z_base = torch.randn(200)
+    image = explorer_image(model, z_base, {"z[0]": torch.eye(200)[0]}, {"z[0]": 0.0}, "cpu")
+    assert model.training and image.shape == (3, 128, 128)
+    assert torch.equal(image, decode(model, z_base, "cpu")[0])
+
+
+def test_top_variance_dimensions_are_scaled_one_hots() -> None:
+    z = torch.randn(500, 10) * torch.tensor([1.0, 5.0, 0.1, 3.0, 1.0, 1.0, 0.5, 1.0, 1.0, 1.0])
+    directions = top_variance_dimensions(z, 2)
+    assert list(directions) == ["z[1]", "z[3]"]
+    for name, j in (("z[1]", 1), ("z[3]", 3)):
+        assert torch.count_nonzero(directions[name]) == 1
+        assert directions[name][j] == pytest.approx(z[:, j].std().item())
+
+
+def test_static_explorer_grid_shows_explorer_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(helper_quality.STATIC_EXPLORER_ENV, "1")
+    model = LinearDecoderModel()
+    z_base = torch.randn(6)
+    directions = {"a": torch.randn(6) * 0.1, "b": torch.randn(6) * 0.1}
+    fig = latent_explorer(model, z_base, directions, "cpu", save_path=tmp_path / "explorer.png")
+    assert isinstance(fig, Figure) and (tmp_path / "explorer.png").is_file()
+    assert len(fig.axes) == 2 * 5
+    for row, name in enumerate(directions):
+        for col, strength in enumerate(helper_quality.EXPLORER_STRENGTHS):
+            shown = fig.axes[row * 5 + col].images[0].get_array()
+            expected = explorer_image(model, z_base, directions, {name: strength}, "cpu")
+            np.testing.assert_allclose(shown, expected.clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
+    assert [ax.get_title() for ax in fig.axes[:5]] == ["-3", "-1.5", "+0", "+1.5", "+3"]
+
+
+def test_explorer_is_static_outside_a_live_kernel() -> None:
+    model = LinearDecoderModel()
+    assert isinstance(latent_explorer(model, torch.zeros(6), {"a": torch.ones(6)}, "cpu"), Figure)
+    with pytest.raises(ValueError):
+        latent_explorer(model, torch.zeros(6), {}, "cpu", interactive=False)
+
+
+@pytest.mark.skipif(not HAS_WIDGETS, reason="ipywidgets is not installed")
+def test_auto_mode_is_interactive_in_a_kernel_unless_forced_static(monkeypatch: pytest.MonkeyPatch) -> None:
+    import IPython
+    from ipykernel.zmqshell import ZMQInteractiveShell
+
+    monkeypatch.delenv(helper_quality.STATIC_EXPLORER_ENV, raising=False)
+    monkeypatch.setattr(IPython, "get_ipython", lambda: ZMQInteractiveShell.__new__(ZMQInteractiveShell))
+    assert helper_quality._live_frontend()
+    monkeypatch.setenv(helper_quality.STATIC_EXPLORER_ENV, "1")
+    assert not helper_quality._live_frontend()
+
+
+@pytest.mark.skipif(not HAS_WIDGETS, reason="ipywidgets is not installed")
+def test_widget_has_one_slider_per_direction_and_draws_explorer_images() -> None:
+    import ipywidgets
+
+    model = LinearDecoderModel()
+    z_base = torch.randn(6)
+    directions = {"z[1]": torch.randn(6), "z[4]": torch.randn(6)}
+    widget = latent_explorer(model, z_base, directions, "cpu", interactive=True)
+    assert isinstance(widget, ipywidgets.interactive)
+    sliders = [w for w in widget.children if isinstance(w, ipywidgets.FloatSlider)]
+    assert [s.description for s in sliders] == list(directions)
+    assert all((s.min, s.max, s.value) == (-3.0, 3.0, 0.0) for s in sliders)
+    assert torch.equal(widget.result, explorer_image(model, z_base, directions, {}, "cpu"))
+    sliders[0].value, sliders[1].value = 1.5, -2.0
+    expected = explorer_image(model, z_base, directions, {"z[1]": 1.5, "z[4]": -2.0}, "cpu")
+    torch.testing.assert_close(widget.result, expected)
+    torch.testing.assert_close(widget.f(**{"z[1]": 1.5, "z[4]": -2.0}), expected)

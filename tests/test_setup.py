@@ -1,0 +1,87 @@
+"""One setup for the four notebooks: paths independent of the working directory, plain words about the data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import helper_setup
+from helper_setup import RECIPES, REPO_ROOT, choose_recipe, project_path, start_notebook
+
+
+def test_relative_paths_mean_the_repository_whatever_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CELEBA_VAE_DATA", raising=False)
+    monkeypatch.delenv("CELEBA_VAE_OUTPUTS", raising=False)
+    for cwd in (REPO_ROOT / "notebooks", REPO_ROOT, tmp_path):
+        monkeypatch.chdir(cwd)
+        assert project_path("data", "data") == REPO_ROOT / "data"
+        assert project_path(None, "outputs") == REPO_ROOT / "outputs"
+        assert project_path("runs/try1", "outputs") == REPO_ROOT / "runs" / "try1"
+        assert project_path(tmp_path / "x", "data") == tmp_path / "x"
+    assert project_path("~/celeba", "data") == Path(os.path.expanduser("~/celeba"))
+
+
+def test_environment_variables_move_the_defaults_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CELEBA_VAE_DATA", str(tmp_path / "celeba-data"))
+    monkeypatch.setenv("CELEBA_VAE_OUTPUTS", str(tmp_path / "runs"))
+    assert project_path("data", "data") == tmp_path / "celeba-data"
+    assert project_path(None, "outputs") == tmp_path / "runs"
+    assert project_path("elsewhere", "data") == REPO_ROOT / "elsewhere"
+
+
+def test_without_celeba_the_first_lines_say_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    setup = start_notebook("auto", tmp_path / "empty", tmp_path / "out", device="cpu", num_synthetic=12)
+    printed = capsys.readouterr().out.splitlines()
+    assert set(printed[0]) == {"="}
+    assert "CelebA was NOT found" in printed[1] and "SYNTHETIC" in printed[1]
+    text = "\n".join(printed)
+    assert str(tmp_path / "empty") in text and "img_align_celeba" in text and "--download" in text
+    assert setup.data.kind == "synthetic" and setup.recipe.name == "demo"
+    assert setup.title("Samples") == "Samples (SYNTHETIC faces, not CelebA)"
+    assert f"outputs: {tmp_path / 'out'}" in text
+
+
+def test_with_celeba_it_says_which_and_where(celeba_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    setup = start_notebook("auto", celeba_root, tmp_path / "out", device="cpu")
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"Using CelebA (torchvision layout) from {celeba_root}")
+    assert "SYNTHETIC" not in printed and setup.title("Samples") == "Samples"
+    assert setup.data.record(10) == {"kind": "celeba", "layout": "torchvision", "root": str(celeba_root), "images": 10}
+    assert setup.checkpoint == tmp_path / "out" / "transpose" / "checkpoint.pt"
+
+
+def test_auto_recipe_follows_device_and_data(capsys: pytest.CaptureFixture[str]) -> None:
+    assert choose_recipe("auto", torch.device("cuda"), "celeba") == RECIPES["lecture"]
+    assert choose_recipe("auto", torch.device("mps"), "celeba") == RECIPES["lecture"]
+    assert choose_recipe("auto", torch.device("cpu"), "synthetic") == RECIPES["demo"]
+    capsys.readouterr()
+    assert choose_recipe("auto", torch.device("cpu"), "celeba") == RECIPES["laptop"]
+    line = capsys.readouterr().out.strip()
+    assert line.count("\n") == 0 and "laptop" in line and "recipe='lecture'" in line
+    with pytest.raises(ValueError, match="recipe='fast'"):
+        choose_recipe("fast", torch.device("cpu"), "celeba")
+
+
+def test_recipe_overrides_are_checked() -> None:
+    laptop = RECIPES["laptop"]
+    assert laptop.override(num_epochs=None) == laptop
+    changed = laptop.override(num_epochs=2, train_images=100)
+    assert (changed.num_epochs, changed.train_images, changed.batch_size) == (2, 100, laptop.batch_size)
+    for bad in (0, -3, 2.5, "10", True):
+        with pytest.raises(ValueError, match="num_epochs="):
+            laptop.override(num_epochs=bad)
+
+
+def test_notebooks_without_weights_say_which_notebook_to_run(tmp_path: Path, celeba_root: Path) -> None:
+    setup = start_notebook("celeba", celeba_root, tmp_path / "out", decoder="nearest", device="cpu")
+    with pytest.raises(FileNotFoundError, match=r"1_train_vae\.ipynb.*decoder='nearest'"):
+        setup.load_model()
+
+
+def test_module_has_no_notebook_folder_default() -> None:
+    assert "notebooks" not in str(helper_setup.project_path("data", "data").relative_to(REPO_ROOT))
