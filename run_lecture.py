@@ -124,7 +124,7 @@ def check_data(args: argparse.Namespace) -> tuple[Path, str]:
         if args.dataset == "celeba" or args.data_root is not None or args.download:
             raise InputError(f"{_problem(err)}\n(--dataset synthetic runs the demo without CelebA)") from None
         return data_root, "synthetic"
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, ImportError) as err:
         raise InputError(_problem(err)) from None
 
 

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from helper_data import attribute_index, compute_average_faces, get_cached_dataloaders_celeba
-from helper_latent import attribute_direction, decode, encode_dataset, interpolate, latent_statistics, reconstruct
+from helper_latent import (
+    attribute_direction,
+    attribute_means,
+    decode,
+    encode_dataset,
+    interpolate,
+    latent_statistics,
+    reconstruct,
+)
 from helper_train import evaluate_vae, train_vae_v1
 from helper_utils import set_all_seeds
 from model import VAE
@@ -81,3 +89,34 @@ def test_active_units_and_aggregate_posterior_on_known_codes() -> None:
     assert torch.allclose(stats["aggregate_std"], torch.ones(10), atol=0.05)
     assert torch.allclose(stats["aggregate_kl_to_prior"], torch.zeros(10), atol=0.01)
     assert torch.allclose(stats["kl_per_dim"][3:], torch.zeros(7))
+
+
+def test_attribute_means_in_one_pass_match_the_lecture_per_attribute(trained: tuple) -> None:
+    model, (train_loader, _, _) = trained
+    pixels = attribute_means(train_loader, "cpu", max_images=None)
+    codes = attribute_means(train_loader, "cpu", model=model, max_images=None)
+    assert pixels.with_attribute.shape == (40, 3, 128, 128) and codes.with_attribute.shape == (40, 200)
+    for name in ("Smiling", "Eyeglasses", "Male"):
+        index = attribute_index(name)
+        with_face, without_face = compute_average_faces(index, (3, 128, 128), train_loader)
+        assert torch.allclose(pixels.with_attribute[index], with_face, atol=1e-4)
+        assert torch.allclose(pixels.without_attribute[index], without_face, atol=1e-4)
+        direction, _, _ = attribute_direction(model, train_loader, name, "cpu")
+        assert torch.allclose(codes.direction(name), direction, atol=1e-4)
+    assert model.training is False
+
+
+def test_attribute_means_stop_at_the_cap_and_name_missing_attributes() -> None:
+    labels = torch.zeros(6, 40, dtype=torch.int64)
+    labels[:3, attribute_index("Smiling")] = 1
+    images = torch.arange(6, dtype=torch.float32).reshape(6, 1, 1, 1).expand(6, 3, 2, 2)
+    loader = [(images[:4], labels[:4]), (images[4:], labels[4:])]
+    capped = attribute_means(loader, "cpu", max_images=4)
+    smiling = attribute_index("Smiling")
+    assert capped.count_with[smiling] == 3 and capped.count_without[smiling] == 1
+    assert torch.allclose(capped.with_attribute[smiling], torch.full((3, 2, 2), 1.0))
+    assert torch.allclose(capped.without_attribute[smiling], torch.full((3, 2, 2), 3.0))
+    with pytest.raises(ValueError, match="Eyeglasses is never present"):
+        capped.direction("Eyeglasses")
+    with pytest.raises(ValueError, match="no CelebA attributes"):
+        attribute_means([(images, torch.zeros(6, 0))], "cpu")

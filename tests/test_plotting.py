@@ -84,3 +84,20 @@ def test_modified_faces_grid_and_gif(tmp_path: Path) -> None:
     hp.save_gif(torch.rand(5, 3, 32, 32), tmp_path / "i.gif")
     with Image.open(tmp_path / "i.gif") as gif:
         assert gif.n_frames == 5
+
+
+def test_faces_with_attributes_and_titles(tmp_path: Path, loader: list) -> None:
+    images, labels = loader[0]
+    labels[1, 31] = 1
+    fig = hp.plot_faces_with_attributes([(images, labels)], ["Smiling", "Eyeglasses"], n_images=3,
+                                        title="Training faces (SYNTHETIC faces, not CelebA)",
+                                        save_path=tmp_path / "f.png")
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts == ["- Smiling\n- Eyeglasses", "+ Smiling\n- Eyeglasses", "- Smiling\n- Eyeglasses"]
+    assert fig._suptitle.get_text() == "Training faces (SYNTHETIC faces, not CelebA)"
+    _png(tmp_path / "f.png")
+    with pytest.raises(KeyError, match="Smilling"):
+        hp.plot_faces_with_attributes(loader, ["Smilling"])
+    titled = hp.plot_latent_summary(torch.randn(50, 10), title="Codes (SYNTHETIC faces, not CelebA)")
+    assert titled._suptitle.get_text() == "Codes (SYNTHETIC faces, not CelebA)"
+    assert hp.plot_latent_summary(torch.randn(50, 10))._suptitle is None

@@ -1,0 +1,262 @@
+"""A self-check of every training path the device supports: ``python run_lecture.py --self-check``.
+
+Synthetic faces are written once to a temporary folder and decoded. Each path (precision, ``torch.compile``, data
+on the GPU or streamed from host memory) trains a fresh VAE for the same steps from the same seed on the same
+batches, and passes when its mean training loss over the last quarter of the steps is within 1% of the fp32
+reference's. The resume check trains k epochs with a checkpoint, resumes to 2k and must equal an uninterrupted
+2k-epoch run exactly (log and weights), with deterministic algorithms on. One table is printed; any FAIL makes
+:func:`main` return 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import helper_train
+from decoded_cache import CachedLoader, DecodedSplit, build_decoded_cache
+from helper_precision import choose_precision
+from helper_utils import get_device, set_all_seeds, set_deterministic
+from model import VAE
+from synthetic_celeba import write_synthetic_celeba
+
+TOLERANCE = 0.01
+SEED = 123
+PATH_ERRORS = (RuntimeError, ValueError, ArithmeticError, ImportError, OSError)
+
+
+@dataclass(frozen=True)
+class TrainPath:
+    """One way of training: a ``precision``, with or without ``compile``, data on the GPU or streamed from host."""
+
+    name: str
+    precision: str
+    compile: bool = False
+    data_on_gpu: bool = False
+
+
+@dataclass
+class PathResult:
+    """What one path measured: images/s after the warm-up steps, peak memory in MiB and the per-step losses."""
+
+    images_per_s: float
+    peak_mib: float
+    losses: list[float]
+
+
+def supported_paths(device: torch.device) -> tuple[list[TrainPath], list[str]]:
+    """The paths ``device`` supports, the fp32 reference first, and notes on those skipped and why."""
+    if device.type == "cuda":
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        fast = "bf16" if native_bf16 else "fp16"
+        paths = [TrainPath("fp32", "fp32", data_on_gpu=True)]
+        paths += [TrainPath("bf16", "bf16", data_on_gpu=True)] if native_bf16 else []
+        paths += [TrainPath("fp16", "fp16", data_on_gpu=True), TrainPath(f"{fast} streamed from host", fast)]
+        notes = [] if native_bf16 else ["bf16: skipped, this card has no native bf16"]
+        if importlib.util.find_spec("triton") is None:
+            return paths, [*notes, "torch.compile: skipped, triton is not installed"]
+        return [*paths, TrainPath(f"{fast} + torch.compile", fast, compile=True, data_on_gpu=True)], notes
+    if device.type == "mps":
+        paths = [TrainPath("fp32", "fp32"), TrainPath("fp16", "fp16")]
+        try:
+            torch.ones(1, device=device, dtype=torch.bfloat16)
+            paths.append(TrainPath("bf16", "bf16"))
+        except (RuntimeError, TypeError):
+            pass
+        return paths, ["torch.compile: skipped on MPS", "data: MPS has no separate GPU copy of the split"]
+    return [TrainPath("fp32", "fp32"), TrainPath("bf16", "bf16")], [
+        "no CUDA or MPS device found: checking the CPU paths only",
+        "torch.compile: skipped on CPU (compiling its C++ kernels takes minutes)"]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device``."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class TimedBatches:
+    """The first ``count`` batches of ``loader`` (cycling through it), timing all but the first ``warmup``."""
+
+    def __init__(self, loader: CachedLoader, count: int, warmup: int, device: torch.device) -> None:
+        self.loader, self.count, self.warmup, self.device = loader, count, warmup, device
+        self.start = self.end = 0.0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        served = 0
+        while True:
+            for batch in self.loader:
+                if served == self.warmup:
+                    synchronize(self.device)
+                    self.start = time.perf_counter()
+                yield batch
+                served += 1
+                if served == self.count:
+                    synchronize(self.device)
+                    self.end = time.perf_counter()
+                    return
+
+    def images_per_s(self) -> float:
+        """Images per second over the timed batches."""
+        return (self.count - self.warmup) * self.loader.batch_size / (self.end - self.start)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """CUDA: peak allocated since the reset; MPS: allocated now; CPU: the process's peak resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    if device.type == "mps":
+        return torch.mps.current_allocated_memory() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def train_path(path: TrainPath, split: DecodedSplit, device: torch.device, steps: int, batch_size: int) -> PathResult:
+    """Train a fresh VAE (seed ``SEED``) for ``steps`` steps along ``path`` on the split's first batches, in order."""
+    set_all_seeds(SEED)
+    model = VAE()
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+    with contextlib.redirect_stdout(io.StringIO()):
+        loader = CachedLoader(split, batch_size, device=device, drop_last=True, data_on_gpu=path.data_on_gpu,
+                              precision=path.precision)
+        batches = TimedBatches(loader, steps, max(1, steps // 4), device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        log = helper_train.train_vae_v1(1, model, optimizer, device, batches, logging_interval=steps,
+                                        skip_epoch_stats=True, precision=path.precision, compile=path.compile,
+                                        progress=False)
+    return PathResult(batches.images_per_s(), peak_memory_mib(device), log["train_combined_loss_per_batch"])
+
+
+@contextlib.contextmanager
+def deterministic() -> Iterator[None]:
+    """Deterministic algorithms inside the block (:func:`helper_utils.set_deterministic`), restored afterwards."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark)
+    set_deterministic()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark = saved[2]
+
+
+def resume_mismatch(split: DecodedSplit, device: torch.device, batch_size: int, epochs: int, batches: int,
+                    folder: Path) -> str | None:
+    """Run ``2 * epochs`` epochs of ``batches`` shuffled batches straight through, and ``epochs`` then resumed from
+    the checkpoint to ``2 * epochs``; the first difference in log or weights, or ``None`` when bit-identical."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        loader = CachedLoader(split, batch_size, shuffle=True, device=device, drop_last=True)
+
+    def train(num_epochs: int, checkpoint: Path | None, resume: bool) -> tuple[dict[str, list[float]], VAE]:
+        set_all_seeds(SEED)
+        model = VAE()
+        optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+        first_batches = TimedBatches(loader, batches, 0, device)
+        with contextlib.redirect_stdout(io.StringIO()):
+            log = helper_train.train_vae_v1(num_epochs, model, optimizer, device, first_batches, skip_epoch_stats=True,
+                                            checkpoint_path=checkpoint, resume=resume, progress=False)
+        return log, model
+
+    with deterministic():
+        straight_log, straight = train(2 * epochs, None, False)
+        train(epochs, folder / "resume.pt", False)
+        resumed_log, resumed = train(2 * epochs, folder / "resume.pt", True)
+    for key, values in straight_log.items():
+        if resumed_log.get(key) != values:
+            return f"log {key!r} differs"
+    resumed_state = resumed.state_dict()
+    for key, tensor in straight.state_dict().items():
+        if not torch.equal(tensor, resumed_state[key]):
+            return f"weights {key!r} differ by up to {(tensor.double() - resumed_state[key].double()).abs().max():.3g}"
+    return None
+
+
+def run_self_check(device: str | torch.device | None = None, steps: int | None = None, batch_size: int | None = None,
+                   num_images: int | None = None, resume_epochs: int = 1, resume_batches: int = 3) -> bool:
+    """Check every path ``device`` (default: the best available) supports and the resume; print one table.
+
+    Defaults: 200 steps of 256 images from 1,024 synthetic faces on a GPU; 40 steps of 32 from 256 on the CPU.
+    Returns ``True`` when every row is OK.
+    """
+    device = get_device(device)
+    gpu = device.type in ("cuda", "mps")
+    steps = steps or (200 if gpu else 40)
+    batch_size = batch_size or (256 if gpu else 32)
+    num_images = num_images or (1024 if gpu else 256)
+    paths, notes = supported_paths(device)
+    memory = {"cuda": "peak GPU memory allocated", "mps": "MPS memory allocated after the path"}.get(
+        device.type, "peak host RSS of the process")
+    print(f"Self-check on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type}): "
+          f"{steps} steps of {batch_size} synthetic faces per path; loss = mean over the last {max(1, steps // 4)} "
+          f"steps, within {TOLERANCE:.0%} of fp32; memory = {memory}")
+    for note in notes:
+        print(f"  note: {note}")
+    folder = Path(tempfile.mkdtemp(prefix="celeba-selfcheck-"))
+    rows: list[tuple[str, str, str, str, str, bool]] = []
+    try:
+        write_synthetic_celeba(folder / "data", num_images=num_images, seed=SEED)
+        split = build_decoded_cache(folder / "data", "train", cache_dir=folder / "cache", num_workers=1,
+                                    progress=False)
+        if len(split) < batch_size:
+            raise ValueError(f"{num_images} synthetic faces give {len(split)} training images, fewer than one batch "
+                             f"of {batch_size}: raise num_images or lower batch_size")
+        resume_precision = choose_precision("auto", device).name
+        try:
+            mismatch = resume_mismatch(split, device, batch_size, resume_epochs, resume_batches, folder)
+        except PATH_ERRORS as err:
+            mismatch = f"{type(err).__name__}: {err}"
+        rows.append((f"resume {resume_epochs}+{resume_epochs} vs {2 * resume_epochs} epochs ({resume_precision})",
+                     "-", "-", "-", mismatch or "identical", mismatch is None))
+        reference: float | None = None
+        for path in paths:
+            try:
+                result = train_path(path, split, device, steps, batch_size)
+            except PATH_ERRORS as err:
+                rows.append((path.name, "-", "-", "-", f"{type(err).__name__}: {err}", False))
+                continue
+            window = result.losses[-max(1, steps // 4):]
+            loss = sum(window) / len(window)
+            reference = loss if reference is None and path.precision == "fp32" else reference
+            deviation = abs(loss - reference) / reference if reference is not None else float("inf")
+            rows.append((path.name, f"{result.images_per_s:,.1f}", f"{result.peak_mib:,.0f} MiB", f"{loss:,.3f}",
+                         "reference" if path is paths[0] else f"{deviation:.3%}", deviation <= TOLERANCE))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(f"{'path':<34}{'images/s':>12}{'memory':>14}{'loss':>14}  {'vs fp32':<18}result")
+    for name, speed, peak, loss, deviation, ok in rows:
+        print(f"{name:<34}{speed:>12}{peak:>14}{loss:>14}  {deviation:<18}{'OK' if ok else 'FAIL'}")
+    passed = all(row[-1] for row in rows)
+    print(f"Self-check {'passed' if passed else 'FAILED'}: {sum(row[-1] for row in rows)} of {len(rows)} OK")
+    return passed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: 0 when every path and the resume check pass, 1 otherwise."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
+    parser.add_argument("--steps", type=int, default=None, help="steps per path (default 200 on a GPU, 40 on CPU)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 256 on a GPU, 32 on CPU")
+    parser.add_argument("--num-images", type=int, default=None, help="synthetic faces (default 1,024 / 256)")
+    args = parser.parse_args(argv)
+    return 0 if run_self_check(args.device, args.steps, args.batch_size, args.num_images) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
