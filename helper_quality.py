@@ -182,7 +182,9 @@ def spectral_report(
 
 
 def plot_power_spectra(
-    report_by_decoder: Mapping[str, Mapping[str, Any]], save_path: str | Path | None = None
+    report_by_decoder: Mapping[str, Mapping[str, Any]],
+    title: str | None = None,
+    save_path: str | Path | None = None,
 ) -> Figure:
     """Radially averaged power (log scale) of real faces and of each decoder's reconstructions and samples.
 
@@ -208,7 +210,7 @@ def plot_power_spectra(
     ax.set_title("Power spectra: a checkerboard shows up as excess power near 0.5")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, save_path)
+    return _save(fig, save_path, title)
 
 
 def _numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -268,7 +270,9 @@ def probe_table(results: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_probe(results: Sequence[Mapping[str, Any]], save_path: str | Path | None = None) -> Figure:
+def plot_probe(
+    results: Sequence[Mapping[str, Any]], title: str | None = None, save_path: str | Path | None = None
+) -> Figure:
     """Horizontal bars of balanced accuracy per attribute, with the 0.5 chance line; unprobeable ones are labelled."""
     fig, ax = plt.subplots(figsize=(7, 0.22 * len(results) + 1.2))
     positions = np.arange(len(results))[::-1]
@@ -283,7 +287,7 @@ def plot_probe(results: Sequence[Mapping[str, Any]], save_path: str | Path | Non
     ax.set_xlabel("balanced accuracy of a linear probe on the latent means (held-out codes)")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    return _save(fig, save_path)
+    return _save(fig, save_path, title)
 
 
 def _shifted_code(
@@ -348,6 +352,7 @@ def latent_explorer(
     interactive: bool | None = None,
     strengths: Sequence[float] = EXPLORER_STRENGTHS,
     slider_range: float = 3.0,
+    title: str | None = None,
     save_path: str | Path | None = None,
 ) -> ipywidgets.interactive | Figure:
     """Explore the latent space around ``z_base`` along ``directions``: sliders or a static grid.
@@ -377,7 +382,7 @@ def latent_explorer(
                 axes[row][col].set_title(f"{strength:+g}", fontsize=9)
         axes[row][0].text(-0.1, 0.5, name, transform=axes[row][0].transAxes, ha="right", va="center", fontsize=9)
     fig.tight_layout()
-    return _save(fig, save_path)
+    return _save(fig, save_path, title)
 
 
 def _explorer_widget(

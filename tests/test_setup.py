@@ -10,6 +10,8 @@ import torch
 
 import helper_setup
 from helper_setup import RECIPES, REPO_ROOT, choose_recipe, project_path, start_notebook
+from helper_utils import save_checkpoint
+from model import VAE
 
 
 def test_relative_paths_mean_the_repository_whatever_the_working_directory(
@@ -85,3 +87,14 @@ def test_notebooks_without_weights_say_which_notebook_to_run(tmp_path: Path, cel
 
 def test_module_has_no_notebook_folder_default() -> None:
     assert "notebooks" not in str(helper_setup.project_path("data", "data").relative_to(REPO_ROOT))
+
+
+def test_weights_from_synthetic_faces_are_refused_once_celeba_is_there(
+    tmp_path: Path, celeba_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    demo = start_notebook("auto", tmp_path / "empty", tmp_path / "out", device="cpu", num_synthetic=12)
+    save_checkpoint(demo.checkpoint, VAE(), epoch=1, settings=demo.checkpoint_settings(demo.recipe, 9))
+    assert isinstance(demo.load_model(), VAE)
+    with_celeba = start_notebook("auto", celeba_root, tmp_path / "out", device="cpu")
+    with pytest.raises(ValueError, match=r"(?s)trained on synthetic.*synthetic-celeba-12-seed123.*uses CelebA"):
+        with_celeba.load_model()
