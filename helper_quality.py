@@ -407,3 +407,24 @@ def _explorer_widget(
                                             description=name, continuous_update=False)
                for name in directions}
     return ipywidgets.interactive(redraw, **sliders)
+
+
+def decoder_comparison_table(metrics: Mapping[str, Any]) -> str:
+    """A Markdown table comparing the decoders in a metrics dict: test losses, MSE/PSNR/SSIM of the reconstructions
+    (``runs.<decoder>.test_quality``) and the Nyquist power ratios (``spectra.<decoder>``), where measured."""
+    def cell(section: Mapping[str, Any], key: str, digits: int) -> str:
+        value = section.get(key)
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    header = ("| decoder | epochs | test reconstruction | test KL | test total | MSE | PSNR (dB) | SSIM "
+              "| Nyquist ratio, reconstructions | Nyquist ratio, samples |")
+    rows = [header, "|---" * 10 + "|"]
+    for decoder, run in sorted(metrics.get("runs", {}).items()):
+        test, quality = run.get("test", {}), run.get("test_quality", {})
+        spectra = metrics.get("spectra", {}).get(decoder, {})
+        rows.append(" | ".join([
+            f"| {decoder}", str(run.get("epochs", "?")), cell(test, "reconstruction", 2), cell(test, "kl", 2),
+            cell(test, "combined", 2), cell(quality, "mse", 5), cell(quality, "psnr", 2), cell(quality, "ssim", 3),
+            cell(spectra, "reconstruction_nyquist_ratio", 3), cell(spectra, "sample_nyquist_ratio", 3),
+        ]) + " |")
+    return "\n".join(rows)

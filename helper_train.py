@@ -250,16 +250,6 @@ def train_vae_v1(
     return log
 
 
-def decoder_comparison_table(metrics: dict[str, Any]) -> str:
-    """A Markdown table of the test losses of each decoder in a metrics dict (``{"runs": {decoder: {...}}}``)."""
-    rows = ["| decoder | epochs | test reconstruction | test KL | test total |", "|---|---|---|---|---|"]
-    for decoder, run in sorted(metrics.get("runs", {}).items()):
-        test = run.get("test", {})
-        rows.append(f"| {decoder} | {run.get('epochs', '?')} | {test.get('reconstruction', float('nan')):.2f} | "
-                    f"{test.get('kl', float('nan')):.2f} | {test.get('combined', float('nan')):.2f} |")
-    return "\n".join(rows)
-
-
 @torch.no_grad()
 def mean_image_baseline(train_loader: Iterable, test_loader: Iterable) -> float:
     """Per-image summed squared error on the test set of always predicting the mean training image.

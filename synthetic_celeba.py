@@ -16,6 +16,7 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -233,16 +234,17 @@ def write_synthetic_celeba(
     else:
         for job in jobs:
             _write_chunk(job)
+    from helper_utils import atomic_write  # here, not at the top: spawned workers import this module, not torch
+
     if layout == "zip":
-        archive = text_dir / "img_align_celeba.zip"
-        with zipfile.ZipFile(archive.with_suffix(".zip.tmp"), "w", zipfile.ZIP_STORED) as zf:
-            for name in names:
-                zf.write(staging / name, f"img_align_celeba/{name}")
-        os.replace(archive.with_suffix(".zip.tmp"), archive)
+        def write_zip(f: IO[bytes]) -> None:
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+                for name in names:
+                    zf.write(staging / name, f"img_align_celeba/{name}")
+
+        atomic_write(text_dir / "img_align_celeba.zip", write_zip)
         shutil.rmtree(staging)
     if layout != "bare":
-        from helper_utils import atomic_write  # here, not at the top: spawned workers import this module, not torch
-
         for filename, text in _annotations(names, attributes, rng, csv=layout == "kaggle").items():
             atomic_write(text_dir / filename, lambda f, text=text: f.write(text.encode()))
     return root

@@ -16,7 +16,6 @@ import helper_plotting
 from helper_data import get_cached_dataloaders_celeba
 from helper_train import (
     EpochImages,
-    decoder_comparison_table,
     epoch_images_gif,
     evaluate_vae,
     mean_image_baseline,
@@ -184,15 +183,6 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(loaders: tup
         train_vae_v1(3, model, optimizer, "cpu", train_loader, loss_fn=exploding, checkpoint_path=checkpoint,
                      resume=True, progress=False, skip_epoch_stats=True, logging_interval=1)
     assert checkpoint.read_bytes() == good
-
-
-def test_decoder_comparison_table_has_both_rows() -> None:
-    runs = {d: {"epochs": 2, "test": {"reconstruction": r, "kl": 10.0, "combined": r + 10}}
-            for d, r in (("transpose", 500.0), ("nearest", 480.0))}
-    table = decoder_comparison_table({"runs": runs}).splitlines()
-    assert len(table) == 4
-    assert table[2].startswith("| nearest | 2 | 480.00 | 10.00 | 490.00")
-    assert table[3].startswith("| transpose | 2 | 500.00 | 10.00 | 510.00")
 
 
 def test_mean_image_baseline_by_hand() -> None:

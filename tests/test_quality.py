@@ -317,3 +317,15 @@ def test_widget_has_one_slider_per_direction_and_draws_explorer_images() -> None
     expected = explorer_image(model, z_base, directions, {"z[1]": 1.5, "z[4]": -2.0}, "cpu")
     torch.testing.assert_close(widget.result, expected)
     torch.testing.assert_close(widget.f(**{"z[1]": 1.5, "z[4]": -2.0}), expected)
+
+
+def test_decoder_comparison_table_has_losses_quality_and_spectra() -> None:
+    runs = {d: {"epochs": 2, "test": {"reconstruction": r, "kl": 10.0, "combined": r + 10}}
+            for d, r in (("transpose", 500.0), ("nearest", 480.0))}
+    runs["nearest"]["test_quality"] = {"mse": 0.0123, "psnr": 19.1, "ssim": 0.512}
+    metrics = {"runs": runs, "spectra": {"nearest": {"reconstruction_nyquist_ratio": 0.41,
+                                                     "sample_nyquist_ratio": 0.2}}}
+    table = helper_quality.decoder_comparison_table(metrics).splitlines()
+    assert len(table) == 4 and table[0].count("|") == table[1].count("|") == table[2].count("|") == 11
+    assert table[2] == "| nearest | 2 | 480.00 | 10.00 | 490.00 | 0.01230 | 19.10 | 0.512 | 0.410 | 0.200 |"
+    assert table[3] == "| transpose | 2 | 500.00 | 10.00 | 510.00 | - | - | - | - | - |"
