@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from celeba_files import OFFICIAL_SPLIT_SIZES
+from model import VAE
+
 GIB = 1 << 30
 IMAGE_SHAPE = (3, 128, 128)
 BYTES_PER_VALUE = {"auto": 2, "bf16": 2, "fp16": 2, "tf32": 4, "fp32": 4}
@@ -35,8 +38,6 @@ def _layer_outputs() -> tuple[int, int, int]:
     The model runs once on the ``meta`` device (shapes only, no memory, no GPU) with a hook on every layer;
     in-place layers (LeakyReLU) and views (Flatten, Reshape, Trim) create no tensor and are not counted.
     """
-    from model import VAE
-
     model = VAE().to("meta").train()
     sizes: list[int] = []
 
@@ -138,8 +139,6 @@ def placement_table(
     A card of X GB is taken to have X GiB, of which ``CONTEXT_BYTES`` (0.5 GiB) go to the CUDA context; each split
     is judged alone, and "all three" means the three together.
     """
-    from celeba_files import OFFICIAL_SPLIT_SIZES
-
     image = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
     sizes = {name: n * image for name, n in OFFICIAL_SPLIT_SIZES.items()}
     sizes["all three"] = sum(sizes.values())

@@ -23,6 +23,7 @@ import papermill as pm
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import Unicode, default
 
+import selfcheck
 from celeba_files import download_celeba, find_celeba, read_index
 from helper_data import prepare_dataset
 from helper_setup import REPO_ROOT, choose_recipe, project_path
@@ -177,8 +178,6 @@ def run_notebook(notebook: str, out: Path, parameters: dict[str, object]) -> Non
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.self_check:
-        import selfcheck
-
         return selfcheck.main(["--device", args.device])
     try:
         return run(args)
