@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
 from celeba_files import (
@@ -31,7 +31,7 @@ from celeba_files import (
     read_index,
     split_of_file_number,
 )
-from decoded_cache import CachedLoader, DecodedSplit, build_decoded_cache
+from decoded_cache import CachedLoader, DecodedSplit, build_decoded_cache, subset_rows
 from synthetic_celeba import write_synthetic_celeba
 
 __all__ = [
@@ -100,15 +100,25 @@ def get_dataloaders_celeba(
     test_transforms: transforms.Compose | None = None,
     download: bool = False,
     root: str | Path = "data",
+    *,
+    train_images: int | None = None,
+    eval_images: int | None = None,
+    seed: int = 123,
 ) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """The lecture's loaders (JPEG decoding per image): ``(train, valid, test)``; valid serves the valid split."""
+    """The lecture's loaders (JPEG decoding per image): ``(train, valid, test)``; valid serves the valid split.
+
+    ``train_images``/``eval_images`` take the same seeded subsets as :func:`get_cached_dataloaders_celeba`.
+    """
     if download:
         download_celeba(root)
     index = read_index(find_celeba(root))
     loaders = []
     for split in SPLITS:
         tfm = train_transforms if split == "train" else test_transforms
-        dataset = CelebAFaces(root, split, transform=tfm, index=index)
+        dataset: Dataset = CelebAFaces(root, split, transform=tfm, index=index)
+        rows = subset_rows(len(dataset), train_images if split == "train" else eval_images, seed, split)
+        if rows is not None:
+            dataset = Subset(dataset, rows.tolist())
         loaders.append(DataLoader(dataset, batch_size=batch_size, shuffle=split == "train",
                                   num_workers=num_workers, persistent_workers=num_workers > 0))
     return loaders[0], loaders[1], loaders[2]

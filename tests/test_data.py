@@ -24,6 +24,7 @@ from helper_data import (
     build_decoded_cache,
     compute_average_faces,
     find_celeba,
+    get_cached_dataloaders_celeba,
     get_dataloaders_celeba,
     prepare_dataset,
     read_index,
@@ -301,3 +302,13 @@ def test_image_smaller_than_the_crop(celeba_copy: Path) -> None:
         CelebAFaces(celeba_copy, "train")[1]
     with pytest.raises(ValueError, match=r"000002\.jpg is 100x90"):
         build_decoded_cache(celeba_copy, "train", num_workers=1, progress=False)
+
+
+def test_lecture_loaders_take_the_same_subsets_as_the_fast_ones(celeba_copy: Path) -> None:
+    lecture = get_dataloaders_celeba(batch_size=4, root=celeba_copy, train_images=10, eval_images=3, seed=5)
+    fast = get_cached_dataloaders_celeba(4, "cpu", root=celeba_copy, num_workers=1, progress=False,
+                                         train_images=10, eval_images=3, seed=5)
+    for lecture_loader, fast_loader in zip(lecture, fast, strict=True):
+        chosen = [lecture_loader.dataset.dataset.filenames[i] for i in lecture_loader.dataset.indices]
+        assert chosen == fast_loader.dataset.filenames
+    assert [len(loader.dataset) for loader in lecture] == [10, 3, 3]
