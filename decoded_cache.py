@@ -15,7 +15,6 @@ import json
 import multiprocessing
 import os
 import platform
-import secrets
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 
 import gpu_budget
 from celeba_files import CROP_SIZE, CelebAIndex, CelebASource, center_crop, find_celeba, read_index
-from helper_utils import atomic_write
+from helper_utils import atomic_path, atomic_write
 
 CACHE_VERSION = 1
 CHUNK = 256
@@ -136,17 +135,6 @@ def build_decoded_cache(
     return DecodedSplit(images, attributes, filenames, data_path, key)
 
 
-def _new_temp_file(target: Path) -> str:
-    """Create an empty file beside ``target`` with the mode a plain ``open`` gives (0o666 less the umask)."""
-    while True:
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-            return str(tmp)
-        except FileExistsError:
-            continue
-
-
 def _write_cache(
     index: CelebAIndex, filenames: list[str], crop_size: int, data_path: Path, meta_path: Path, key: str,
     shape: tuple[int, ...], num_workers: int | None, progress: bool,
@@ -154,14 +142,13 @@ def _write_cache(
     try:
         data_path.parent.mkdir(parents=True, exist_ok=True)
         meta_path.unlink(missing_ok=True)
-        tmp_name = _new_temp_file(data_path)
     except OSError as err:
         raise OSError(f"cannot write the decoded cache in {data_path.parent} ({err.strerror or err}); "
                       "pass a writable cache_dir") from err
-    try:
-        np.lib.format.open_memmap(tmp_name, mode="w+", dtype=np.uint8, shape=shape).flush()
+    with atomic_path(data_path) as tmp:
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
         workers = num_workers if num_workers is not None else min(os.cpu_count() or 1, 16)
-        jobs = [(tmp_name, index.source, filenames[s:s + CHUNK], s, crop_size)
+        jobs = [(str(tmp), index.source, filenames[s:s + CHUNK], s, crop_size)
                 for s in range(0, len(filenames), CHUNK)]
         bar = tqdm(total=len(filenames), desc=f"decoding {data_path.stem}", unit="img", disable=not progress)
         if workers <= 1 or len(jobs) == 1:
@@ -172,12 +159,6 @@ def _write_cache(
                 for done in pool.imap_unordered(_decode_chunk, jobs):
                     bar.update(done)
         bar.close()
-        with open(tmp_name, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_name, data_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
     images = np.load(data_path, mmap_mode="r")
     meta = {"key": key, "shape": list(shape), "checksum": _sample_checksum(images),
             "source": str(index.source.image_dir)}
