@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from helper_data import CELEBA_ATTRIBUTE_NAMES, attribute_index, compute_average_faces
+from helper_data import CELEBA_ATTRIBUTE_NAMES, attribute_index
 from helper_utils import eval_mode
 
 
@@ -64,14 +64,12 @@ def attribute_direction(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(direction, mean_with, mean_without)`` in latent space for an attribute given by name or index.
 
-    Uses the posterior means (eval mode), so the direction does not depend on sampling noise.
+    Uses the posterior means of all images (eval mode), so the direction does not depend on sampling noise;
+    :func:`attribute_means` gives every attribute's in the same single pass.
     """
     index = attribute_index(attribute) if isinstance(attribute, str) else attribute
-    with eval_mode(model):
-        mean_with, mean_without = compute_average_faces(
-            index, model.latent_dim, data_loader, device, encoding_fn=lambda x: model.encode(x)[0]
-        )
-    return mean_with - mean_without, mean_with, mean_without
+    means = attribute_means(data_loader, device, model=model, max_images=None)
+    return means.direction(index), means.with_attribute[index], means.without_attribute[index]
 
 
 @torch.no_grad()
