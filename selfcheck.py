@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +92,7 @@ def synchronize(device: torch.device) -> None:
 class TimedBatches:
     """The first ``count`` batches of ``loader`` (cycling through it), timing all but the first ``warmup``."""
 
-    def __init__(self, loader: CachedLoader, count: int, warmup: int, device: torch.device) -> None:
+    def __init__(self, loader: Iterable, count: int, warmup: int, device: torch.device) -> None:
         self.loader, self.count, self.warmup, self.device = loader, count, warmup, device
         self.start = self.end = 0.0
 

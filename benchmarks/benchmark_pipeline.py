@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -35,10 +35,12 @@ from helper_data import CachedLoader, DecodedSplit, build_decoded_cache, default
 from helper_train import evaluate_vae, train_vae_v1, vae_loss
 from helper_utils import atomic_write, get_device, set_all_seeds
 from model import VAE
+from selfcheck import TimedBatches, synchronize
 from synthetic_celeba import write_synthetic_celeba
 
 TRAIN_IMAGES = 162_770
 LECTURE_EPOCHS = 50
+CPU = torch.device("cpu")
 
 
 class LectureCelebA(torchvision.datasets.CelebA):
@@ -48,36 +50,12 @@ class LectureCelebA(torchvision.datasets.CelebA):
         return True
 
 
-class FirstBatches:
-    """The first ``count`` batches of a loader, cycling through epochs if needed."""
-
-    def __init__(self, loader: Iterable, count: int) -> None:
-        self.loader, self.count = loader, count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __iter__(self) -> Iterator:
-        served = 0
-        while served < self.count:
-            for batch in self.loader:
-                yield batch
-                served += 1
-                if served == self.count:
-                    return
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def data_throughput(loader: Iterable, device: torch.device, batches: int) -> float:
     start, images = time.perf_counter(), 0
-    for features, _ in FirstBatches(loader, batches):
+    for features, _ in TimedBatches(loader, batches, 0, device):
         features = features.to(device)
         images += len(features)
-    sync(device)
+    synchronize(device)
     return images / (time.perf_counter() - start)
 
 
@@ -88,9 +66,9 @@ def lecture_training(loader: Iterable, device: torch.device, steps: int, warmup:
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
     log: list[float] = []
     start, images = 0.0, 0
-    for i, (features, _) in enumerate(FirstBatches(loader, warmup + steps)):
+    for i, (features, _) in enumerate(TimedBatches(loader, warmup + steps, 0, device)):
         if i == warmup:
-            sync(device)
+            synchronize(device)
             start, images = time.perf_counter(), 0
         features = features.to(device)
         _, z_mean, z_log_var, decoded = model(features)
@@ -100,7 +78,7 @@ def lecture_training(loader: Iterable, device: torch.device, steps: int, warmup:
         optimizer.step()
         log.append(loss.item())
         images += len(features)
-    sync(device)
+    synchronize(device)
     return images / (time.perf_counter() - start)
 
 
@@ -109,11 +87,11 @@ def project_training(loader: CachedLoader, device: torch.device, steps: int, war
     model = VAE()
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
     kwargs = {"skip_epoch_stats": True, "progress": False, "compile": compile, "logging_interval": 50}
-    train_vae_v1(1, model, optimizer, device, FirstBatches(loader, max(warmup, 1)), **kwargs)
-    sync(device)
+    train_vae_v1(1, model, optimizer, device, TimedBatches(loader, max(warmup, 1), 0, device), **kwargs)
+    synchronize(device)
     start = time.perf_counter()
-    train_vae_v1(1, model, optimizer, device, FirstBatches(loader, steps), **kwargs)
-    sync(device)
+    train_vae_v1(1, model, optimizer, device, TimedBatches(loader, steps, 0, device), **kwargs)
+    synchronize(device)
     return steps * loader.batch_size / (time.perf_counter() - start)
 
 
@@ -124,7 +102,7 @@ def loss_check(train: CachedLoader, test: CachedLoader, device: torch.device, st
         set_all_seeds(123)
         model = VAE()
         optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
-        train_vae_v1(1, model, optimizer, device, FirstBatches(train, steps), precision=precision,
+        train_vae_v1(1, model, optimizer, device, TimedBatches(train, steps, 0, device), precision=precision,
                      channels_last=channels_last, skip_epoch_stats=True, progress=False)
         set_all_seeds(0)
         results[name] = evaluate_vae(model, test, device)["combined"]
@@ -187,9 +165,9 @@ def precision_run(loader: CachedLoader, precision: str, steps: int, warmup: int)
     kwargs = {"skip_epoch_stats": True, "progress": False, "precision": precision, "logging_interval": 50}
     with contextlib.redirect_stdout(io.StringIO()):
         if warmup:
-            train_vae_v1(1, model, optimizer, "cpu", FirstBatches(loader, warmup), **kwargs)
+            train_vae_v1(1, model, optimizer, "cpu", TimedBatches(loader, warmup, 0, CPU), **kwargs)
         start = time.perf_counter()
-        log = train_vae_v1(1, model, optimizer, "cpu", FirstBatches(loader, steps), **kwargs)
+        log = train_vae_v1(1, model, optimizer, "cpu", TimedBatches(loader, steps, 0, CPU), **kwargs)
         elapsed = time.perf_counter() - start
     return steps * loader.batch_size / elapsed, log["train_combined_loss_per_batch"][-1]
 

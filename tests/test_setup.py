@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import helper_setup
 from helper_setup import RECIPES, REPO_ROOT, choose_recipe, project_path, start_notebook
 from helper_utils import save_checkpoint
 from model import VAE
@@ -83,10 +82,6 @@ def test_notebooks_without_weights_say_which_notebook_to_run(tmp_path: Path, cel
     setup = start_notebook("celeba", celeba_root, tmp_path / "out", decoder="nearest", device="cpu")
     with pytest.raises(FileNotFoundError, match=r"1_train_vae\.ipynb.*decoder='nearest'"):
         setup.load_model()
-
-
-def test_module_has_no_notebook_folder_default() -> None:
-    assert "notebooks" not in str(helper_setup.project_path("data", "data").relative_to(REPO_ROOT))
 
 
 def test_weights_from_synthetic_faces_are_refused_once_celeba_is_there(
