@@ -7,7 +7,7 @@ the synthetic faces, and computes average faces.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
-from celeba_files import (
+from celeba_vae.celeba_files import (
     CELEBA_ATTRIBUTE_NAMES,
     CROP_SIZE,
     EXPECTED_LAYOUTS,
@@ -31,13 +31,13 @@ from celeba_files import (
     read_index,
     split_of_file_number,
 )
-from decoded_cache import CachedLoader, DecodedSplit, build_decoded_cache, subset_rows
-from synthetic_celeba import write_synthetic_celeba
+from celeba_vae.decoded_cache import CachedLoader, DecodedSplit, build_decoded_cache, subset_rows
+from celeba_vae.synthetic import write_synthetic_celeba
 
 __all__ = [
     "CELEBA_ATTRIBUTE_NAMES", "CROP_SIZE", "OFFICIAL_SPLIT_SIZES", "SPLITS", "CachedLoader", "CelebAFaces",
     "CelebAIndex", "CelebASource", "DatasetChoice", "DecodedSplit", "attribute_index", "build_decoded_cache",
-    "compute_average_faces", "decode_cropped", "default_transform", "download_celeba", "find_celeba",
+    "compute_average_faces", "decode_cropped", "default_transform", "download_celeba", "find_celeba", "first_images",
     "get_cached_dataloader", "get_cached_dataloaders_celeba", "get_dataloaders_celeba", "prepare_dataset", "read_index",
     "split_of_file_number",
 ]
@@ -91,6 +91,20 @@ class CelebAFaces(Dataset):
         img = self.index.source.read_image(self.filenames[i], self.crop_size)
         target = self.attributes[i] if self.attributes is not None else torch.empty(0, dtype=torch.int64)
         return self.transform(img), target
+
+
+def first_images(data_loader: Iterable, max_images: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``(images, labels)`` batches of ``data_loader`` up to ``max_images`` images in all (``None``: every batch),
+    the last batch cut to fit."""
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images={max_images} must be at least 1 (or None for all)")
+    seen = 0
+    for images, labels in data_loader:
+        take = len(images) if max_images is None else min(len(images), max_images - seen)
+        yield (images, labels) if take == len(images) else (images[:take], labels[:take])
+        seen += take
+        if max_images is not None and seen >= max_images:
+            return
 
 
 def get_dataloaders_celeba(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from helper_data import CELEBA_ATTRIBUTE_NAMES, attribute_index
+from helper_data import CELEBA_ATTRIBUTE_NAMES, attribute_index, first_images
 from helper_utils import eval_mode
 
 
@@ -18,18 +18,13 @@ def encode_dataset(
 ) -> dict[str, torch.Tensor]:
     """Encode up to ``max_images`` images in eval mode: ``z`` (sampled), ``z_mean``, ``z_log_var``, ``attributes``."""
     parts: dict[str, list[torch.Tensor]] = {"z": [], "z_mean": [], "z_log_var": [], "attributes": []}
-    seen = 0
     with eval_mode(model):
-        for images, labels in data_loader:
-            take = len(images) if max_images is None else min(len(images), max_images - seen)
-            z_mean, z_log_var = model.encode(images[:take].to(device))
+        for images, labels in first_images(data_loader, max_images):
+            z_mean, z_log_var = model.encode(images.to(device))
             parts["z"].append(model.reparameterize(z_mean, z_log_var).cpu())
             parts["z_mean"].append(z_mean.cpu())
             parts["z_log_var"].append(z_log_var.cpu())
-            parts["attributes"].append(labels[:take].cpu())
-            seen += take
-            if max_images is not None and seen >= max_images:
-                break
+            parts["attributes"].append(labels.cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
@@ -76,15 +71,14 @@ def attribute_direction(
 def decode(model: torch.nn.Module, z: torch.Tensor, device: str | torch.device) -> torch.Tensor:
     """Decode latent codes (B, D) or (D,) to images on the CPU, in eval mode."""
     with eval_mode(model):
-        return model.decoder(z.reshape(-1, z.shape[-1]).to(device)).cpu()
+        return model.decode(z.reshape(-1, z.shape[-1]).to(device)).cpu()
 
 
 @torch.no_grad()
 def reconstruct(model: torch.nn.Module, images: torch.Tensor, device: str | torch.device) -> torch.Tensor:
     """Deterministic reconstructions: decode the posterior means of ``images``."""
     with eval_mode(model):
-        z_mean, _ = model.encode(images.to(device))
-    return decode(model, z_mean, device)
+        return model.reconstruct(images.to(device)).cpu()
 
 
 @torch.no_grad()
@@ -137,20 +131,17 @@ def attribute_means(
     count_with = torch.zeros(len(CELEBA_ATTRIBUTE_NAMES), device=device)
     seen = 0
     with eval_mode(model) if model is not None else contextlib.nullcontext():
-        for images, labels in data_loader:
-            take = len(images) if max_images is None else min(len(images), max_images - seen)
+        for images, labels in first_images(data_loader, max_images):
             if labels.ndim != 2 or labels.shape[1] != len(CELEBA_ATTRIBUTE_NAMES):
                 raise ValueError(f"labels of shape {tuple(labels.shape)} hold no CelebA attributes; a bare image "
                                  "folder has no annotations: add list_attr_celeba.txt and list_eval_partition.txt")
-            images, labels = images[:take].to(device), labels[:take].to(device, torch.float32)
+            images, labels = images.to(device), labels.to(device, torch.float32)
             embedded = (model.encode(images)[0] if model is not None else images).flatten(1).float()
             batch_with = labels.T @ embedded
             with_sums = batch_with if with_sums is None else with_sums + batch_with
             totals = embedded.sum(0) if totals is None else totals + embedded.sum(0)
             count_with += labels.sum(0)
-            seen += take
-            if max_images is not None and seen >= max_images:
-                break
+            seen += len(images)
     if totals is None:
         raise ValueError("attribute_means got an empty data loader")
     shape = (len(CELEBA_ATTRIBUTE_NAMES), *(images.shape[1:] if model is None else (model.latent_dim,)))

@@ -15,8 +15,9 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from celeba_files import attribute_index
-from helper_utils import atomic_write, eval_mode
+from celeba_vae.atomic_files import atomic_write
+from celeba_vae.celeba_files import attribute_index
+from helper_utils import eval_mode
 
 Unnormalizer = Callable[[torch.Tensor], torch.Tensor] | None
 
@@ -136,7 +137,7 @@ def plot_images_sampled_from_vae(
     """Decode ``num_images`` codes drawn from N(0, I): new faces."""
     z = torch.randn(num_images, latent_size, generator=generator)
     with eval_mode(model):
-        images = model.decoder(z.to(device)).cpu()
+        images = model.decode(z.to(device)).cpu()
     fig, axes = plt.subplots(nrows=1, ncols=num_images, figsize=(2 * num_images, 2.5), squeeze=False)
     for ax, image in zip(axes[0], images, strict=True):
         _show(ax, image, unnormalizer)

@@ -16,8 +16,10 @@ from PIL import Image
 from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
-from helper_precision import choose_precision, full_fp32
-from helper_utils import atomic_write, check_settings, eval_mode, load_checkpoint, restore_rng_states, save_checkpoint
+from celeba_vae.atomic_files import atomic_write
+from celeba_vae.checkpoint import check_settings, load_checkpoint, restore_rng_states, save_checkpoint
+from celeba_vae.precision import choose_precision, full_fp32
+from helper_utils import eval_mode
 
 LossFn = Callable[..., torch.Tensor]
 LOSS_KEYS = ("combined", "reconstruction", "kl")
@@ -32,7 +34,11 @@ def vae_loss(
     loss_fn: LossFn | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(combined, reconstruction, kl)``: per-image summed squared error and KL (summed over latent dims),
-    each averaged over the batch; ``combined = weight * reconstruction + kl``. Computed in float32."""
+    each averaged over the batch; ``combined = weight * reconstruction + kl``. Computed in float32.
+
+    The KL term is the closed form for a diagonal Gaussian against N(0, I): Kingma & Welling (2014),
+    "Auto-Encoding Variational Bayes", Appendix B: ``-0.5 * sum(1 + log var - mean^2 - var)``.
+    """
     loss_fn = loss_fn or F.mse_loss
     batch_size = features.shape[0]
     z_mean, z_log_var = z_mean.float(), z_log_var.float()
@@ -93,8 +99,8 @@ class EpochImages:
         """Write ``epoch_{epoch:03d}.png``: originals, reconstructions (decoded posterior means), decoded noise."""
         images = self.images.float() / 255 if self.images.dtype == torch.uint8 else self.images.float()
         with eval_mode(model), torch.no_grad(), full_fp32(device):
-            reconstructions = model.decoder(model.encode(images.to(device))[0]).float().cpu()
-            samples = model.decoder(self.noise.to(device, torch.float32)).float().cpu()
+            reconstructions = model.reconstruct(images.to(device)).float().cpu()
+            samples = model.decode(self.noise.to(device, torch.float32)).float().cpu()
         grid = make_grid(torch.cat([images, reconstructions, samples]).clamp(0, 1), nrow=len(images), pad_value=1.0)
         picture = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
         return atomic_write(Path(self.folder) / f"epoch_{epoch:03d}.png", lambda f: picture.save(f, format="PNG"))
@@ -166,7 +172,7 @@ def train_vae_v1(
     Losses are accumulated on the device and read back every ``logging_interval`` steps (no per-step sync).
     With ``checkpoint_path`` a checkpoint is written atomically after every epoch and ``resume=True``
     continues from the last completed one (refusing one trained on other data than ``settings["data"]``).
-    ``precision``: ``"auto"`` (see :func:`helper_precision.choose_precision`), ``"bf16"``, ``"fp16"``, ``"tf32"``
+    ``precision``: ``"auto"`` (see :func:`celeba_vae.precision.choose_precision`), ``"bf16"``, ``"fp16"``, ``"tf32"``
     or ``"fp32"``; one printed line says which and why. TF32 is on only during the training steps; validation
     runs in full fp32. ``channels_last`` defaults to on for CUDA and CPU; ``compile`` opts into ``torch.compile``.
     A NaN or infinite loss stops training with an error, keeping the last good checkpoint.

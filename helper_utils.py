@@ -1,24 +1,21 @@
-"""Seeds, devices, atomic files and the project's one checkpoint format."""
+"""Seeds, devices, eval mode, loading the weights and the metrics file: the small utilities the notebooks use."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import random
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from celeba_vae.atomic_files import atomic_write
+from celeba_vae.checkpoint import check_settings, load_checkpoint
 from model import VAE
-
-CHECKPOINT_FORMAT = "celeba-vae/1"
-DATA_KEYS = ("kind", "layout", "root", "images")
 
 
 def set_all_seeds(seed: int) -> None:
@@ -66,188 +63,6 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     finally:
         model.train(was_training)
 
-
-@functools.cache
-def _file_mode() -> int:
-    """The permissions a newly created file gets (``0o666`` less the umask); the umask is read once."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary file beside ``path`` for the block to fill by name (a memory map, a library that takes a path).
-
-    When the block ends without error the file is fsynced and renamed over ``path``, so readers see the old file or
-    the whole new one; on any error (disk full, interrupt) it is removed and ``path`` is untouched. The file gets the
-    usual permissions of a new file (``0o666`` less the umask), not ``mkstemp``'s ``0o600``.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as err:
-        raise OSError(f"cannot write {path}: {err.strerror or err}; choose a writable output folder") from err
-    try:
-        os.chmod(tmp_name, _file_mode())
-        yield Path(tmp_name)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    try:
-        with open(tmp_name, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except OSError as err:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise _not_written(path, err) from err
-
-
-def _not_written(path: Path, err: OSError) -> OSError:
-    return OSError(f"could not write {path} ({err.strerror or err}); the previous file, if any, is intact")
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write a file through ``write(fileobj)`` with the guarantees of :func:`atomic_path`."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        try:
-            with open(tmp, "wb") as f:
-                write(f)
-        except OSError as err:
-            raise _not_written(path, err) from err
-    return path
-
-
-def rng_states() -> dict[str, Any]:
-    """Python, NumPy and PyTorch RNG states, as plain types and tensors (``weights_only``-loadable)."""
-    np_state = np.random.get_state()
-    states: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict[str, Any]) -> None:
-    """Undo :func:`rng_states`, wherever the checkpoint's tensors were loaded (the states are CPU byte tensors)."""
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, *rest = states["numpy"]
-    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(states["torch"].to("cpu", torch.uint8))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([state.to("cpu", torch.uint8) for state in states["cuda"]])
-
-
-def save_checkpoint(
-    path: str | Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    *,
-    epoch: int = 0,
-    log_dict: dict[str, list[float]] | None = None,
-    settings: dict[str, Any] | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-) -> Path:
-    """Atomically save model, optimizer, completed ``epoch``, RNG states, log, settings and the fp16 gradient
-    ``scaler`` (when one is enabled)."""
-    model = getattr(model, "_orig_mod", model)
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "epoch": epoch,
-        "rng": rng_states(),
-        "log": log_dict or {},
-        "settings": {**(settings or {}), **model.settings()} if isinstance(model, VAE) else dict(settings or {}),
-        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-    }
-    return atomic_write(path, lambda f: torch.save(checkpoint, f))
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (never runs code).
-
-    A plain state dict, as the lecture's notebook saves it, is returned wrapped as ``{"model": state_dict}``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; train first or check the path")
-    try:
-        loaded = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"checkpoint {path} is corrupted or truncated ({type(err).__name__}: {err}); "
-            "delete it and train again, or resume from an older copy"
-        ) from err
-    if not isinstance(loaded, dict):
-        raise TypeError(f"checkpoint {path} holds a {type(loaded).__name__}, not a state dict or checkpoint")
-    if loaded.get("format") == CHECKPOINT_FORMAT:
-        return loaded
-    if all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        return {"model": loaded, "epoch": None, "settings": {}, "log": {}}
-    raise ValueError(f"checkpoint {path} is not a celeba-vae checkpoint nor a plain state dict")
-
-
-def _describe_data(data: dict[str, Any]) -> str:
-    kind = {"celeba": "CelebA", "synthetic": "synthetic faces"}.get(data.get("kind"), repr(data.get("kind")))
-    details = [f"{data['layout']} layout" if "layout" in data else None, data.get("root"),
-               f"{data['images']:,} training images" if isinstance(data.get("images"), int) else None]
-    return f"{kind} ({', '.join(str(d) for d in details if d is not None)})"
-
-
-def check_data(checkpoint: dict[str, Any], data: dict[str, Any] | None, source: str | Path = "checkpoint") -> None:
-    """Raise a ValueError when the checkpoint was trained on other data than ``data`` (kind, layout, root, images).
-
-    Checkpoints without a ``"data"`` setting (older ones, plain state dicts) and ``data=None`` always pass.
-    """
-    saved = checkpoint.get("settings", {}).get("data")
-    if data is None or saved is None:
-        return
-    if any(str(saved[k]) != str(data[k]) for k in DATA_KEYS if k in saved and k in data):
-        raise ValueError(
-            f"{source} was trained on {_describe_data(saved)} but this run uses {_describe_data(data)}: train again "
-            "with these data (resume=False), or point data_root at the data the weights were trained on."
-        )
-
-
-def check_settings(
-    checkpoint: dict[str, Any],
-    model: torch.nn.Module,
-    source: str | Path = "checkpoint",
-    data: dict[str, Any] | None = None,
-) -> None:
-    """Raise a ValueError listing how the checkpoint's settings differ from ``model``'s, or its weights' shapes,
-    or, given ``data`` (``{"kind", "layout", "root", "images"}``), how its training data differ (:func:`check_data`).
-    """
-    model = getattr(model, "_orig_mod", model)
-    expected = model.settings() if isinstance(model, VAE) else {}
-    saved = checkpoint.get("settings", {})
-    diffs = [f"checkpoint has {k}={saved[k]!r}, model has {v!r}"
-             for k, v in expected.items() if k in saved and saved[k] != v]
-    state = model.state_dict()
-    weights = checkpoint["model"]
-    missing = sorted(set(state) - set(weights))
-    unexpected = sorted(set(weights) - set(state))
-    if missing:
-        diffs.append(f"missing weights {missing[:3]}{'...' if len(missing) > 3 else ''}")
-    if unexpected:
-        diffs.append(f"unexpected weights {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
-    diffs += [
-        f"{k} has shape {tuple(weights[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
-        for k, v in state.items()
-        if k in weights and weights[k].shape != v.shape
-    ]
-    if diffs:
-        raise ValueError(f"{source} does not fit this model: " + "; ".join(diffs) + ". Build the model with the "
-                         "checkpoint's settings (see load_model) or pick the matching checkpoint.")
-    check_data(checkpoint, data, source)
 
 
 def load_model(

@@ -23,11 +23,13 @@ import papermill as pm
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import Unicode, default
 
-import selfcheck
-from celeba_files import download_celeba, find_celeba, read_index
+from celeba_vae import selfcheck
+from celeba_vae.celeba_files import download_celeba, find_celeba, read_index
+from celeba_vae.checkpoint import check_settings, load_checkpoint
+from celeba_vae.paths import REPO_ROOT, project_path
+from celeba_vae.recipes import choose_recipe
 from helper_data import prepare_dataset
-from helper_setup import REPO_ROOT, choose_recipe, project_path
-from helper_utils import check_settings, get_device, load_checkpoint
+from helper_utils import get_device
 from model import VAE
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"

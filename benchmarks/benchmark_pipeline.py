@@ -31,12 +31,13 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader
 
+from celeba_vae.atomic_files import atomic_write
+from celeba_vae.selfcheck import TimedBatches, synchronize
+from celeba_vae.synthetic import write_synthetic_celeba
 from helper_data import CachedLoader, DecodedSplit, build_decoded_cache, default_transform, find_celeba, read_index
 from helper_train import evaluate_vae, train_vae_v1, vae_loss
-from helper_utils import atomic_write, get_device, set_all_seeds
+from helper_utils import get_device, set_all_seeds
 from model import VAE
-from selfcheck import TimedBatches, synchronize
-from synthetic_celeba import write_synthetic_celeba
 
 TRAIN_IMAGES = 162_770
 LECTURE_EPOCHS = 50

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from synthetic_celeba import write_synthetic_celeba
+from celeba_vae.synthetic import write_synthetic_celeba
 
 torch.set_num_threads(2)
 os.environ.setdefault("MPLBACKEND", "Agg")

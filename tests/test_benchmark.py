@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from decoded_cache import build_decoded_cache
-from synthetic_celeba import write_synthetic_celeba
+from celeba_vae.decoded_cache import build_decoded_cache
+from celeba_vae.synthetic import write_synthetic_celeba
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark_pipeline.py"
 Snapshot = dict[str, tuple[bytes, int]]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from helper_utils import save_checkpoint
+from celeba_vae.checkpoint import save_checkpoint
+from celeba_vae.synthetic import write_synthetic_celeba
 from model import VAE
-from synthetic_celeba import write_synthetic_celeba
 
 REPO = Path(__file__).resolve().parent.parent
 

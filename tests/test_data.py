@@ -15,8 +15,9 @@ import torch
 import torchvision
 from PIL import Image
 
-import celeba_files
 import helper_data
+from celeba_vae import celeba_files
+from celeba_vae.synthetic import write_synthetic_celeba
 from helper_data import (
     CELEBA_ATTRIBUTE_NAMES,
     CelebAFaces,
@@ -30,7 +31,6 @@ from helper_data import (
     read_index,
     split_of_file_number,
 )
-from synthetic_celeba import write_synthetic_celeba
 
 
 class UncheckedCelebA(torchvision.datasets.CelebA):

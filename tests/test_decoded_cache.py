@@ -14,9 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-import decoded_cache
 import helper_data
-import synthetic_celeba
+from celeba_vae import decoded_cache, synthetic
 from helper_data import (
     CachedLoader,
     CelebAFaces,
@@ -132,12 +131,12 @@ def test_parallel_cache_build_works_without_fork(celeba_copy: Path, windows_like
 
 def test_parallel_synthetic_faces_work_without_fork(windows_like_multiprocessing: list[str], tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(synthetic_celeba, "CHUNK", 8)
-    monkeypatch.setattr(synthetic_celeba, "_pool_size", lambda jobs: 2)
-    parallel = synthetic_celeba.write_synthetic_celeba(tmp_path / "parallel", num_images=20, seed=3)
+    monkeypatch.setattr(synthetic, "CHUNK", 8)
+    monkeypatch.setattr(synthetic, "_pool_size", lambda jobs: 2)
+    parallel = synthetic.write_synthetic_celeba(tmp_path / "parallel", num_images=20, seed=3)
     assert windows_like_multiprocessing == ["spawn"]
-    monkeypatch.setattr(synthetic_celeba, "_pool_size", lambda jobs: 1)
-    serial = synthetic_celeba.write_synthetic_celeba(tmp_path / "serial", num_images=20, seed=3)
+    monkeypatch.setattr(synthetic, "_pool_size", lambda jobs: 1)
+    serial = synthetic.write_synthetic_celeba(tmp_path / "serial", num_images=20, seed=3)
     files = sorted(p.relative_to(parallel) for p in parallel.rglob("*") if p.is_file())
     assert len(files) == 20 + 5
     assert files == sorted(p.relative_to(serial) for p in serial.rglob("*") if p.is_file())

@@ -11,10 +11,11 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-import helper_utils
-from helper_precision import choose_precision
+from celeba_vae import checkpoint as ckpt
+from celeba_vae.checkpoint import restore_rng_states, rng_states
+from celeba_vae.precision import choose_precision
 from helper_train import evaluate_vae, mean_image_baseline, train_vae_v1
-from helper_utils import restore_rng_states, rng_states, set_all_seeds
+from helper_utils import set_all_seeds
 from model import VAE
 
 
@@ -289,4 +290,4 @@ def test_resume_on_a_gpu_restores_the_rng_states(monkeypatch: pytest.MonkeyPatch
                            checkpoint_path=path, resume=True, progress=False)
     assert "1 of 2 epochs already done" in capsys.readouterr().out
     assert log["epoch"] == [1, 2]
-    assert helper_utils.load_checkpoint(path)["epoch"] == 2
+    assert ckpt.load_checkpoint(path)["epoch"] == 2

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import gpu_budget
-from celeba_files import OFFICIAL_SPLIT_SIZES
-from gpu_budget import GIB, plan_placement, training_step_bytes
+from celeba_vae import gpu_budget
+from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES
+from celeba_vae.gpu_budget import GIB, plan_placement, training_step_bytes
 
 IMAGE_BYTES = 3 * 128 * 128
 SPLIT_BYTES = {name: n * IMAGE_BYTES for name, n in OFFICIAL_SPLIT_SIZES.items()}

@@ -22,16 +22,16 @@ from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from huggingface_hub.hf_api import RepoFile
 from PIL import Image
 
-import decoded_cache
-from celeba_files import (
+from celeba_vae import decoded_cache
+from celeba_vae.celeba_files import (
     CELEBA_ATTRIBUTE_NAMES,
     HubSource,
     download_celeba,
     find_celeba,
     read_index,
 )
-from celeba_hub import HUB_CACHE_FOLDER, HUB_CONFIG, HUB_FOLDER, HUB_REPO_ID
-from decoded_cache import build_decoded_cache
+from celeba_vae.decoded_cache import build_decoded_cache
+from celeba_vae.hub import HUB_CACHE_FOLDER, HUB_CONFIG, HUB_FOLDER, HUB_REPO_ID
 from helper_data import CelebAFaces, get_dataloaders_celeba
 
 SPLITS = ("train", "valid", "test")

@@ -22,7 +22,7 @@ from model import VAE
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[VAE, tuple]:
-    from synthetic_celeba import write_synthetic_celeba
+    from celeba_vae.synthetic import write_synthetic_celeba
 
     root = write_synthetic_celeba(tmp_path_factory.mktemp("latent") / "data", num_images=480, seed=21)
     loaders = get_cached_dataloaders_celeba(16, "cpu", root=root, num_workers=1, progress=False)

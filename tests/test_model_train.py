@@ -86,7 +86,7 @@ def test_state_dict_round_trip_with_the_lecture_model(tmp_path: Path) -> None:
         assert torch.equal(ours.state_dict()[key], value)
     x = torch.rand(2, 3, 128, 128)
     lecture.eval()
-    assert torch.allclose(ours.decoder(ours.encode(x)[0]), lecture(x), atol=1e-6)
+    assert torch.allclose(ours.reconstruct(x), lecture(x), atol=1e-6)
     back = LectureVAE()
     back.load_state_dict(VAE().state_dict(), strict=True)
 
@@ -120,7 +120,7 @@ def test_loss_matches_a_hand_computation() -> None:
 
 @pytest.fixture(scope="module")
 def loaders(tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    from synthetic_celeba import write_synthetic_celeba
+    from celeba_vae.synthetic import write_synthetic_celeba
 
     root = write_synthetic_celeba(tmp_path_factory.mktemp("train") / "data", num_images=200, seed=11)
     return get_cached_dataloaders_celeba(16, "cpu", root=root, num_workers=1, progress=False)

@@ -10,7 +10,7 @@ import nbformat
 import papermill as pm
 import pytest
 
-from synthetic_celeba import write_synthetic_celeba
+from celeba_vae.synthetic import write_synthetic_celeba
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("1_train_vae.ipynb", "2_sample_and_reconstruct.ipynb", "3_latent_histograms.ipynb",
@@ -33,6 +33,7 @@ def checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / "notebooks").mkdir(parents=True)
     for module in REPO.glob("*.py"):
         shutil.copy2(module, root / module.name)
+    shutil.copytree(REPO / "celeba_vae", root / "celeba_vae", ignore=shutil.ignore_patterns("__pycache__"))
     for notebook in NOTEBOOKS:
         shutil.copy2(REPO / "notebooks" / notebook, root / "notebooks" / notebook)
     write_synthetic_celeba(root / "data", num_images=120, seed=5, layout="kaggle")

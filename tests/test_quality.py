@@ -16,21 +16,18 @@ from matplotlib.figure import Figure
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
+import helper_explorer
 import helper_quality
+from helper_explorer import explorer_image, latent_explorer, top_variance_dimensions
 from helper_latent import decode, reconstruct
+from helper_probe import attribute_probe, plot_probe, probe_table
 from helper_quality import (
-    attribute_probe,
-    explorer_image,
-    latent_explorer,
     mean_power_spectrum,
     nyquist_power_ratio,
     plot_power_spectra,
-    plot_probe,
-    probe_table,
     radial_power_spectrum,
     reconstruction_metrics,
     spectral_report,
-    top_variance_dimensions,
 )
 from model import VAE
 
@@ -66,6 +63,9 @@ class OffsetAutoencoder(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x.flatten(1), torch.full_like(x.flatten(1), 5.0)
 
+    decode = VAE.decode
+    reconstruct = VAE.reconstruct
+
 
 class LinearDecoderModel(nn.Module):
     """A model whose decoder is affine in the code: linearity of the explorer is visible in its images."""
@@ -75,6 +75,8 @@ class LinearDecoderModel(nn.Module):
         torch.manual_seed(0)
         self.latent_dim = latent_dim
         self.decoder = nn.Sequential(nn.Linear(latent_dim, 3 * size * size), nn.Unflatten(1, (3, size, size)))
+
+    decode = VAE.decode
 
 
 def batches(images: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -266,7 +268,7 @@ def test_top_variance_dimensions_are_scaled_one_hots() -> None:
 
 
 def test_static_explorer_grid_shows_explorer_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(helper_quality.STATIC_EXPLORER_ENV, "1")
+    monkeypatch.setenv(helper_explorer.STATIC_EXPLORER_ENV, "1")
     model = LinearDecoderModel()
     z_base = torch.randn(6)
     directions = {"a": torch.randn(6) * 0.1, "b": torch.randn(6) * 0.1}
@@ -274,7 +276,7 @@ def test_static_explorer_grid_shows_explorer_images(tmp_path: Path, monkeypatch:
     assert isinstance(fig, Figure) and (tmp_path / "explorer.png").is_file()
     assert len(fig.axes) == 2 * 5
     for row, name in enumerate(directions):
-        for col, strength in enumerate(helper_quality.EXPLORER_STRENGTHS):
+        for col, strength in enumerate(helper_explorer.EXPLORER_STRENGTHS):
             shown = fig.axes[row * 5 + col].images[0].get_array()
             expected = explorer_image(model, z_base, directions, {name: strength}, "cpu")
             np.testing.assert_allclose(shown, expected.clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
@@ -293,11 +295,11 @@ def test_auto_mode_is_interactive_in_a_kernel_unless_forced_static(monkeypatch: 
     import IPython
     from ipykernel.zmqshell import ZMQInteractiveShell
 
-    monkeypatch.delenv(helper_quality.STATIC_EXPLORER_ENV, raising=False)
+    monkeypatch.delenv(helper_explorer.STATIC_EXPLORER_ENV, raising=False)
     monkeypatch.setattr(IPython, "get_ipython", lambda: ZMQInteractiveShell.__new__(ZMQInteractiveShell))
-    assert helper_quality._live_frontend()
-    monkeypatch.setenv(helper_quality.STATIC_EXPLORER_ENV, "1")
-    assert not helper_quality._live_frontend()
+    assert helper_explorer._live_frontend()
+    monkeypatch.setenv(helper_explorer.STATIC_EXPLORER_ENV, "1")
+    assert not helper_explorer._live_frontend()
 
 
 @pytest.mark.skipif(not HAS_WIDGETS, reason="ipywidgets is not installed")

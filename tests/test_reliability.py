@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import helper_utils
-from helper_utils import atomic_write, load_checkpoint, load_model, save_checkpoint
+from celeba_vae import atomic_files
+from celeba_vae import checkpoint as ckpt
+from celeba_vae.atomic_files import atomic_write
+from celeba_vae.checkpoint import load_checkpoint, save_checkpoint
+from helper_utils import load_model
 from model import VAE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,7 +37,7 @@ def test_checkpoint_holds_everything_and_loads_with_weights_only(tmp_path: Path)
     assert set(raw) >= {"model", "optimizer", "epoch", "rng", "log", "settings"}
     assert raw["epoch"] == 3 and raw["log"]["epoch"] == [1, 2, 3]
     assert raw["settings"] == {"dataset": "synthetic", "crop": 128, "latent_dim": 200, "decoder": "transpose"}
-    helper_utils.restore_rng_states(raw["rng"])
+    ckpt.restore_rng_states(raw["rng"])
 
 
 def test_settings_mismatch_is_spelled_out(tmp_path: Path) -> None:
@@ -123,7 +126,7 @@ def _train(root: Path, checkpoint: Path, resume: bool, slow: bool) -> subprocess
 
 
 def test_killed_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    from synthetic_celeba import write_synthetic_celeba
+    from celeba_vae.synthetic import write_synthetic_celeba
 
     root = write_synthetic_celeba(tmp_path / "data", num_images=48, seed=5)
     reference = tmp_path / "reference.pt"
@@ -173,14 +176,14 @@ def test_a_cuda_checkpoint_loads_on_a_cpu_only_machine(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
 def test_written_files_get_the_usual_permissions(tmp_path: Path, umask: int, mode: int) -> None:
     previous = os.umask(umask)
-    helper_utils._file_mode.cache_clear()
+    atomic_files._file_mode.cache_clear()
     try:
         atomic_write(tmp_path / "metrics.json", lambda f: f.write(b"{}"))
         save_checkpoint(tmp_path / "checkpoint.pt", VAE(latent_dim=8))
         assert os.umask(umask) == umask
     finally:
         os.umask(previous)
-        helper_utils._file_mode.cache_clear()
+        atomic_files._file_mode.cache_clear()
     for name in ("metrics.json", "checkpoint.pt"):
         assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
 
@@ -204,7 +207,7 @@ def test_weights_trained_on_other_data_are_refused(tmp_path: Path) -> None:
         load_model(path, data=CELEBA)
     assert str(raised.value) == expected
     with pytest.raises(ValueError, match="this run uses CelebA"):
-        helper_utils.check_settings(load_checkpoint(path), VAE(latent_dim=8), path, data=CELEBA)
+        ckpt.check_settings(load_checkpoint(path), VAE(latent_dim=8), path, data=CELEBA)
     for key, value in (("layout", "kaggle"), ("root", "/elsewhere"), ("images", 1600)):
         with pytest.raises(ValueError, match="was trained on synthetic faces"):
             load_model(path, data={**SYNTHETIC, key: value})

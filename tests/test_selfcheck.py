@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import helper_train
-import selfcheck
+from celeba_vae import selfcheck
 
 SMALL = ["--device", "cpu", "--steps", "8", "--batch-size", "8", "--num-images", "60"]
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from helper_setup import RECIPES, REPO_ROOT, choose_recipe, project_path, start_notebook
-from helper_utils import save_checkpoint
+from celeba_vae.checkpoint import save_checkpoint
+from celeba_vae.paths import REPO_ROOT, project_path
+from celeba_vae.recipes import RECIPES, choose_recipe
+from helper_setup import start_notebook
 from model import VAE
 
 

@@ -24,7 +24,7 @@ from typing import BinaryIO, ParamSpec, TypeVar
 import numpy as np
 from PIL import Image
 
-from celeba_hub import (
+from celeba_vae.hub import (
     HUB_CONFIG,
     HUB_FOLDER,
     HUB_REPO_ID,

@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 import helper_train
-from decoded_cache import CachedLoader, DecodedSplit, build_decoded_cache
-from helper_precision import choose_precision
+from celeba_vae.decoded_cache import CachedLoader, DecodedSplit, build_decoded_cache
+from celeba_vae.precision import choose_precision
+from celeba_vae.synthetic import write_synthetic_celeba
 from helper_utils import get_device, set_all_seeds, set_deterministic
 from model import VAE
-from synthetic_celeba import write_synthetic_celeba
 
 TOLERANCE = 0.01
 SEED = 123

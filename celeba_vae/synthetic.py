@@ -21,7 +21,7 @@ from typing import IO
 import numpy as np
 from PIL import Image
 
-from celeba_files import CELEBA_ATTRIBUTE_NAMES, OFFICIAL_SPLIT_SIZES
+from celeba_vae.celeba_files import CELEBA_ATTRIBUTE_NAMES, OFFICIAL_SPLIT_SIZES
 
 LAYOUTS = ("torchvision", "flat", "kaggle", "zip", "bare")
 HEIGHT, WIDTH = 218, 178
@@ -234,7 +234,7 @@ def write_synthetic_celeba(
     else:
         for job in jobs:
             _write_chunk(job)
-    from helper_utils import atomic_write  # here, not at the top: spawned workers import this module, not torch
+    from celeba_vae.atomic_files import atomic_write
 
     if layout == "zip":
         def write_zip(f: IO[bytes]) -> None:

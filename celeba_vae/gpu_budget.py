@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from celeba_files import OFFICIAL_SPLIT_SIZES
+from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES
 from model import VAE
 
 GIB = 1 << 30
@@ -57,7 +57,7 @@ def activation_bytes_per_image(precision: str) -> int:
 
     * the layers' outputs, which autograd keeps for the backward pass: 1.42 M values, 2 bytes each under
       bf16/fp16 autocast and 4 in fp32/tf32 (2.8 or 5.7 MB); ``"auto"`` is 16-bit autocast on CUDA (bf16, or
-      fp16 where the card has no native bf16: see ``helper_precision.choose_precision``);
+      fp16 where the card has no native bf16: see ``celeba_vae.precision.choose_precision``);
     * the float32 tensors of the loss: the input batch, ``decoded.float()`` and the squared error (0.59 MB);
     * the gradients in flight during backward: the largest layer output's twice, in float32 (1.1 MB).
 

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import gpu_budget
-from celeba_files import CROP_SIZE, CelebAIndex, CelebASource, center_crop, find_celeba, read_index
-from helper_utils import atomic_path, atomic_write
+from celeba_vae import gpu_budget
+from celeba_vae.atomic_files import atomic_path, atomic_write
+from celeba_vae.celeba_files import CROP_SIZE, CelebAIndex, CelebASource, center_crop, find_celeba, read_index
 
 CACHE_VERSION = 1
 CHUNK = 256

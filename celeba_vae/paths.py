@@ -1,0 +1,28 @@
+"""One rule for paths wherever the code runs.
+
+Jupyter with the kernel in ``notebooks/``, the repository root, papermill or ``run_lecture.py``: a relative path is
+relative to the repository root, so the defaults ``data`` and ``outputs`` are the repository's ``data/`` and
+``outputs/``. The environment variables ``CELEBA_VAE_DATA`` and ``CELEBA_VAE_OUTPUTS`` point the defaults elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_ENV, OUTPUTS_ENV = "CELEBA_VAE_DATA", "CELEBA_VAE_OUTPUTS"
+
+
+def project_path(path: str | Path | None, default: str) -> Path:
+    """The absolute path a user means by ``path``.
+
+    ``None`` (or the bare default name ``"data"``/``"outputs"``) means the environment variable
+    (``CELEBA_VAE_DATA``/``CELEBA_VAE_OUTPUTS``) when set, else the repository's folder of that name. Any other
+    relative path is taken relative to the repository root, never to the working directory; ``~`` is expanded.
+    """
+    env = {"data": DATA_ENV, "outputs": OUTPUTS_ENV}[default]
+    if path is None or str(path) == default:
+        path = os.environ.get(env) or default
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
