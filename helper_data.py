@@ -1,13 +1,15 @@
 """The data helpers the notebooks import, with the lecture's names.
 
-Where CelebA is and how its files read lives in :mod:`celeba_files`; the decoded cache and its fast loader
-in :mod:`decoded_cache`. This module builds the lecture's loaders and the fast ones, chooses between CelebA and
-the synthetic faces, and computes average faces.
+Where CelebA is and how its files read lives in :mod:`celeba_vae.celeba_files`; the decoded cache and its fast
+loader in :mod:`celeba_vae.decoded_cache`. This module builds the lecture's loaders and the fast ones, chooses
+between CelebA and the synthetic faces, and computes average faces. :func:`prepare_dataset` decides once what a
+data root holds and reads its index; every loader given its answer (``root=choice``) uses that index instead of
+searching again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,29 +19,27 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 
 from celeba_vae.celeba_files import (
+    ATTACHED_DATASETS,
     CELEBA_ATTRIBUTE_NAMES,
     CROP_SIZE,
     EXPECTED_LAYOUTS,
-    OFFICIAL_SPLIT_SIZES,
     SPLITS,
     CelebAIndex,
     CelebASource,
     attribute_index,
-    decode_cropped,
     download_celeba,
     find_celeba,
     read_index,
-    split_of_file_number,
 )
-from celeba_vae.decoded_cache import CachedLoader, DecodedSplit, build_decoded_cache, subset_rows
+from celeba_vae.decoded_cache import CachedLoader, build_decoded_cache, subset_rows
+from celeba_vae.hub import HUB_FOLDER, HUB_SIZE_GB
+from celeba_vae.paths import project_path
 from celeba_vae.synthetic import write_synthetic_celeba
 
-__all__ = [
-    "CELEBA_ATTRIBUTE_NAMES", "CROP_SIZE", "OFFICIAL_SPLIT_SIZES", "SPLITS", "CachedLoader", "CelebAFaces",
-    "CelebAIndex", "CelebASource", "DatasetChoice", "DecodedSplit", "attribute_index", "build_decoded_cache",
-    "compute_average_faces", "decode_cropped", "default_transform", "download_celeba", "find_celeba", "first_images",
-    "get_cached_dataloader", "get_cached_dataloaders_celeba", "get_dataloaders_celeba", "prepare_dataset", "read_index",
-    "split_of_file_number",
+__all__ = [  # attribute_index stays importable from here, as the lecture's notebooks import it
+    "CelebAFaces", "DatasetChoice", "attribute_index", "celeba_index", "compute_average_faces", "default_transform",
+    "first_images", "get_cached_dataloader", "get_cached_dataloaders_celeba", "get_dataloaders_celeba",
+    "prepare_dataset",
 ]
 
 
@@ -58,13 +58,13 @@ class CelebAFaces(Dataset):
 
     def __init__(
         self,
-        root: str | Path = "data",
+        root: str | Path | DatasetChoice = "data",
         split: str = "train",
         transform: transforms.Compose | None = None,
         crop_size: int = CROP_SIZE,
         index: CelebAIndex | None = None,
     ) -> None:
-        self.index = index if index is not None else read_index(find_celeba(root))
+        self.index = index if index is not None else celeba_index(root)
         self.split = split
         self.crop_size = crop_size
         self.transform = transform if transform is not None else default_transform(crop_size)
@@ -113,7 +113,7 @@ def get_dataloaders_celeba(
     train_transforms: transforms.Compose | None = None,
     test_transforms: transforms.Compose | None = None,
     download: bool = False,
-    root: str | Path = "data",
+    root: str | Path | DatasetChoice = "data",
     *,
     train_images: int | None = None,
     eval_images: int | None = None,
@@ -121,15 +121,16 @@ def get_dataloaders_celeba(
 ) -> tuple[DataLoader, DataLoader, DataLoader]:
     """The lecture's loaders (JPEG decoding per image): ``(train, valid, test)``; valid serves the valid split.
 
-    ``train_images``/``eval_images`` take the same seeded subsets as :func:`get_cached_dataloaders_celeba`.
+    ``train_images``/``eval_images`` take the same seeded subsets as :func:`get_cached_dataloaders_celeba`;
+    ``root`` may be :func:`prepare_dataset`'s answer, whose index is then used as it is.
     """
-    if download:
+    if download and not isinstance(root, DatasetChoice):
         download_celeba(root)
-    index = read_index(find_celeba(root))
+    index = celeba_index(root)
     loaders = []
     for split in SPLITS:
         tfm = train_transforms if split == "train" else test_transforms
-        dataset: Dataset = CelebAFaces(root, split, transform=tfm, index=index)
+        dataset: Dataset = CelebAFaces(split=split, transform=tfm, index=index)
         rows = subset_rows(len(dataset), train_images if split == "train" else eval_images, seed, split)
         if rows is not None:
             dataset = Subset(dataset, rows.tolist())
@@ -141,7 +142,7 @@ def get_dataloaders_celeba(
 def get_cached_dataloaders_celeba(
     batch_size: int,
     device: str | torch.device = "cpu",
-    root: str | Path = "data",
+    root: str | Path | DatasetChoice = "data",
     crop_size: int = CROP_SIZE,
     cache_dir: str | Path | None = None,
     num_workers: int | None = None,
@@ -156,9 +157,10 @@ def get_cached_dataloaders_celeba(
     """The fast loaders: ``(train, valid, test)`` from the decoded cache, each built by :func:`get_cached_dataloader`.
 
     ``train_images=N`` trains on N images of the train split, ``eval_images=M`` caps valid and test at M
-    (each drawn reproducibly from ``seed``; only those images are decoded).
+    (each drawn reproducibly from ``seed``; only those images are decoded). The data root is searched and its
+    index read once for the three splits, not at all when ``root`` is :func:`prepare_dataset`'s answer.
     """
-    index = read_index(find_celeba(root))
+    index = celeba_index(root)
     loaders = [
         get_cached_dataloader(split, batch_size, device, root, data_on_gpu=data_on_gpu, precision=precision,
                               max_images=train_images if split == "train" else eval_images, seed=seed,
@@ -173,7 +175,7 @@ def get_cached_dataloader(
     split: str,
     batch_size: int,
     device: str | torch.device = "cpu",
-    root: str | Path = "data",
+    root: str | Path | DatasetChoice = "data",
     *,
     shuffle: bool | None = None,
     data_on_gpu: bool | str = "auto",
@@ -192,57 +194,123 @@ def get_cached_dataloader(
     ``shuffle`` defaults to ``split == "train"``; ``max_images``/``seed`` select a reproducible subset
     (:func:`decoded_cache.subset_rows`); ``data_on_gpu`` ("auto", True, False) and ``precision`` (the training
     precision, for the memory budget) decide whether the split is copied to the GPU (see :mod:`gpu_budget`).
+    ``root`` may be :func:`prepare_dataset`'s answer and ``index`` an index already read: neither is read again.
     """
-    decoded = build_decoded_cache(root, split, crop_size, cache_dir, num_workers, index=index, progress=progress,
-                                  max_images=max_images, seed=seed)
+    index = index if index is not None else celeba_index(root)
+    decoded = build_decoded_cache(index.source.image_dir, split, crop_size, cache_dir, num_workers, index=index,
+                                  progress=progress, max_images=max_images, seed=seed)
     return CachedLoader(decoded, batch_size, shuffle=split == "train" if shuffle is None else shuffle,
                         device=device, drop_last=drop_last, data_on_gpu=data_on_gpu, precision=precision)
 
 
 @dataclass(frozen=True)
 class DatasetChoice:
-    """What ``prepare_dataset`` chose: the data root to read, ``"celeba"`` or ``"synthetic"``, its layout, and why."""
+    """What ``prepare_dataset`` chose: the data root to read, ``"celeba"`` or ``"synthetic"``, its layout, why, and
+    the index of its images (read once; pass the choice as ``root=`` to any loader to use it)."""
 
     root: Path
     kind: str
     layout: str
     message: str
+    index: CelebAIndex
+
+    @property
+    def source(self) -> CelebASource:
+        return self.index.source
 
     def record(self, images: int | None = None) -> dict[str, object]:
-        """What a checkpoint stores about its training data (``images``: how many training images were used)."""
-        record: dict[str, object] = {"kind": self.kind, "layout": self.layout, "root": str(self.root)}
+        """What a checkpoint stores about its training data (``images``: how many training images were used).
+
+        The data are identified by what they are (kind, split sizes, a fingerprint of the file names, and for
+        synthetic faces the set's name), so the same CelebA elsewhere matches; layout and root are kept to name
+        them in messages.
+        """
+        record: dict[str, object] = {"kind": self.kind, "layout": self.layout, "root": str(self.root),
+                                     **self.index.identity()}
+        if self.kind == "synthetic":
+            record["synthetic"] = self.root.name
         return record if images is None else {**record, "images": images}
 
 
+def celeba_index(root: str | Path | DatasetChoice) -> CelebAIndex:
+    """The index of the CelebA under ``root``: searched and read now, or the one ``prepare_dataset`` already read."""
+    return root.index if isinstance(root, DatasetChoice) else read_index(find_celeba(root))
+
+
+DOWNLOAD_MB_PER_S = 20  # the speed the banner's time estimate assumes
 NOT_FOUND_BANNER = """{rule}
 CelebA was NOT found, so this run uses {n:,} SYNTHETIC faces (drawn shapes), not CelebA.
 {reason}
-To get CelebA: `python run_lecture.py --download` (the Hugging Face Hub), or see "Getting CelebA" in the README.
-Figures and metrics.json say "synthetic". dataset="celeba" stops with an error instead of falling back.
+To get CelebA, set download = True (a notebook's settings; start_notebook and prepare_dataset take it too) or run
+`python run_lecture.py --download`: it fetches the Hugging Face Hub copy, {gb} GB (about {minutes} minutes at
+{speed} MB/s), into {hub}. Keep it on local disk, not on Google Drive (reading from Drive is slow).
+Other routes: "Getting CelebA" in the README. Figures and metrics.json say "synthetic".
+dataset="celeba" stops with an error instead of falling back.
 {rule}"""
 
 
-def prepare_dataset(
-    dataset: str = "auto", data_root: str | Path = "data", num_synthetic: int = 2000, seed: int = 123
-) -> DatasetChoice:
-    """Resolve ``dataset`` (auto, celeba or synthetic) to a data root, generating synthetic faces when asked.
+def _attached_places(data_root: Path, search: Sequence[str | Path] | None) -> list[Path]:
+    """The other folders searched when ``data_root`` holds no CelebA: ``search``, or by default (only for the default
+    data root) where Kaggle attaches its CelebA dataset, read-only."""
+    if search is None:
+        search = ATTACHED_DATASETS if data_root == project_path(None, "data") else ()
+    return [Path(place) for place in search]
 
-    ``auto`` uses CelebA when found under ``data_root`` and otherwise the synthetic faces, with a banner that says
-    which folders were searched and how to get CelebA; ``celeba`` never falls back. Synthetic faces live in
+
+def _find_celeba_in(places: Sequence[Path]) -> tuple[Path, CelebASource] | None:
+    """The first of ``places`` that holds CelebA, with its source; ``None`` when none does."""
+    for place in places:
+        if place.is_dir():
+            try:
+                return place, find_celeba(place)
+            except FileNotFoundError:
+                continue
+    return None
+
+
+def prepare_dataset(
+    dataset: str = "auto",
+    data_root: str | Path | None = None,
+    num_synthetic: int = 2000,
+    seed: int = 123,
+    *,
+    download: bool = False,
+    search: Sequence[str | Path] | None = None,
+) -> DatasetChoice:
+    """Decide once what the data are (auto, celeba or synthetic), read their index, and say so in ``message``.
+
+    CelebA is looked for in ``data_root`` (relative to the repository root; ``None``: the default ``data/``), then in
+    ``search`` (default: where Kaggle attaches CelebA, for the default data root only); ``download=True`` fetches the
+    Hub copy into ``data_root`` when none is found. ``auto`` then falls back to synthetic faces, with a banner naming
+    the folders searched and how to get CelebA; ``celeba`` never falls back. Synthetic faces live in
     ``data_root/synthetic-celeba-{n}-seed{seed}``.
     """
     if dataset not in ("auto", "celeba", "synthetic"):
         raise ValueError(f"dataset={dataset!r} is not one of 'auto', 'celeba', 'synthetic'")
-    data_root = Path(data_root)
+    data_root = project_path(data_root, "data")
     if dataset in ("auto", "celeba"):
         try:
             source = find_celeba(data_root)
-            return DatasetChoice(data_root, "celeba", source.layout,
-                                 f"Using CelebA ({source.layout} layout) from {data_root}.")
         except FileNotFoundError as err:
-            if dataset == "celeba":
-                raise
-            reason = str(err) if data_root.is_dir() else EXPECTED_LAYOUTS.format(root=data_root)
+            not_found = err
+        else:
+            return DatasetChoice(data_root, "celeba", source.layout,
+                                 f"Using CelebA ({source.layout} layout) from {data_root}.", read_index(source))
+        places = _attached_places(data_root, search)
+        found = _find_celeba_in(places)
+        if found is not None:
+            place, source = found
+            return DatasetChoice(place, "celeba", source.layout, f"CelebA is not in {data_root}; using the copy "
+                                 f"found at {place} ({source.layout} layout).", read_index(source))
+        if download:
+            source = download_celeba(data_root)
+            return DatasetChoice(data_root, "celeba", source.layout,
+                                 f"Using CelebA ({source.layout} layout) from {data_root}.", read_index(source))
+        also = f"\nAlso searched: {', '.join(map(str, places))}." if places else ""
+        if dataset == "celeba":
+            raise FileNotFoundError(f"{not_found}{also}") from not_found
+        layouts = EXPECTED_LAYOUTS.format(root=data_root)
+        reason = (layouts if layouts in str(not_found) or not data_root.is_dir() else str(not_found)) + also
     root = data_root / f"synthetic-celeba-{num_synthetic}-seed{seed}"
     done = root / "COMPLETE"
     if not done.is_file():
@@ -250,8 +318,11 @@ def prepare_dataset(
         done.write_text("ok\n")
     message = f"Using {num_synthetic:,} SYNTHETIC faces in {root} (not CelebA), as dataset='synthetic' asks."
     if dataset == "auto":
-        message = NOT_FOUND_BANNER.format(rule="=" * 100, n=num_synthetic, reason=reason)
-    return DatasetChoice(root, "synthetic", find_celeba(root).layout, message)
+        message = NOT_FOUND_BANNER.format(rule="=" * 100, n=num_synthetic, reason=reason, gb=HUB_SIZE_GB,
+                                          minutes=round(HUB_SIZE_GB * 1000 / DOWNLOAD_MB_PER_S / 60),
+                                          speed=DOWNLOAD_MB_PER_S, hub=data_root / HUB_FOLDER)
+    source = find_celeba(root)
+    return DatasetChoice(root, "synthetic", source.layout, message, read_index(source))
 
 
 def compute_average_faces(

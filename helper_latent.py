@@ -7,8 +7,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from IPython.display import Markdown
 
-from helper_data import CELEBA_ATTRIBUTE_NAMES, attribute_index, first_images
+from celeba_vae.celeba_files import CELEBA_ATTRIBUTE_NAMES
+from helper_data import attribute_index, first_images
 from helper_utils import eval_mode
 
 
@@ -115,6 +117,19 @@ class AttributeMeans:
                              "a direction needs examples with and without it")
         return self.with_attribute[index] - self.without_attribute[index]
 
+    def aligned_attributes(self, attribute: str | int, k: int = 4) -> list[tuple[str, float]]:
+        """The ``k`` other attributes whose directions are most aligned with this one's (largest ``|cosine|``),
+        as ``(name, cosine)``: a direction that also moves them changes more than its own attribute."""
+        index = attribute_index(attribute) if isinstance(attribute, str) else attribute
+        target = self.direction(index).flatten()
+        cosines = []
+        for other, name in enumerate(CELEBA_ATTRIBUTE_NAMES):
+            if other == index or self.count_with[other] == 0 or self.count_without[other] == 0:
+                continue
+            cosine = torch.nn.functional.cosine_similarity(target, self.direction(other).flatten(), dim=0)
+            cosines.append((name, float(cosine)))
+        return sorted(cosines, key=lambda item: -abs(item[1]))[:k]
+
 
 @torch.no_grad()
 def attribute_means(
@@ -150,3 +165,13 @@ def attribute_means(
     mean_without = (totals - with_sums) / count_without.clamp(min=1)[:, None]
     return AttributeMeans(mean_with.reshape(shape).cpu(), mean_without.reshape(shape).cpu(),
                           count_with.cpu(), count_without.cpu())
+
+
+def aligned_attributes_table(means: AttributeMeans, attributes: Iterable[str], k: int = 4) -> Markdown:
+    """For each of ``attributes``, the ``k`` other attributes whose directions point most the same way
+    (:meth:`AttributeMeans.aligned_attributes`), as a table Jupyter renders."""
+    rows = ["| direction | most aligned other directions (cosine) |", "|---|---|"]
+    for name in attributes:
+        aligned = ", ".join(f"{other} ({cosine:+.2f})" for other, cosine in means.aligned_attributes(name, k))
+        rows.append(f"| {name} | {aligned} |")
+    return Markdown("\n".join(rows))

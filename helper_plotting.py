@@ -1,6 +1,10 @@
 """Figures of the lecture (loss curves, reconstructions, samples, latent histograms) and of latent arithmetic.
 
-Every function returns its matplotlib Figure and, given ``save_path``, also writes it as a PNG atomically.
+Every function returns its matplotlib Figure and, given ``save_path``, also writes it as a PNG atomically. In
+Jupyter (and with any other non-GUI backend) the figure is returned closed, so pyplot no longer holds it: a cell
+that ends with the call shows it once, as its value (``display(fig)`` shows it anywhere else), and a loop drawing
+many figures keeps no memory. With a GUI backend (a plain script on a desktop) it stays open, so ``plt.show()``
+shows it as the lecture's scripts expect.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.backends import BackendFilter, backend_registry
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -23,6 +28,8 @@ Unnormalizer = Callable[[torch.Tensor], torch.Tensor] | None
 
 
 def _save(fig: Figure, save_path: str | Path | None, title: str | None = None) -> Figure:
+    """Give ``fig`` its title, write it to ``save_path`` (if any) and close it in pyplot unless a GUI backend will
+    show it at ``plt.show()``; return it."""
     if title:
         fig.suptitle(title)
         fig.tight_layout()
@@ -30,6 +37,8 @@ def _save(fig: Figure, save_path: str | Path | None, title: str | None = None) -
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
         atomic_write(save_path, lambda f: f.write(buffer.getvalue()))
+    if plt.get_backend().lower() not in backend_registry.list_builtin(BackendFilter.INTERACTIVE):
+        plt.close(fig)
     return fig
 
 

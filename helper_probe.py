@@ -11,13 +11,14 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from IPython.display import Markdown
 from matplotlib.figure import Figure
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from helper_data import CELEBA_ATTRIBUTE_NAMES
+from celeba_vae.celeba_files import CELEBA_ATTRIBUTE_NAMES
 from helper_plotting import _save
 
 
@@ -65,9 +66,9 @@ def attribute_probe(
     return results
 
 
-def probe_table(results: Sequence[Mapping[str, Any]]) -> str:
-    """The results of :func:`attribute_probe` as a Markdown table."""
-    lines = ["| Attribute | Positive rate (test) | Accuracy | Majority-class accuracy | Balanced accuracy |",
+def probe_table(results: Sequence[Mapping[str, Any]]) -> Markdown:
+    """The results of :func:`attribute_probe` as a table Jupyter renders (Markdown; its text is ``.data``)."""
+    lines = ["| Attribute | Positive rate (held-out) | Accuracy | Majority-class accuracy | Balanced accuracy |",
              "|---|---:|---:|---:|---:|"]
     for r in results:
         if r["probeable"]:
@@ -75,7 +76,7 @@ def probe_table(results: Sequence[Mapping[str, Any]]) -> str:
         else:
             scores = "not probeable (one class in training codes) | | "
         lines.append(f"| {r['attribute']} | {r['positive_rate']:.3f} | {scores} |")
-    return "\n".join(lines)
+    return Markdown("\n".join(lines))
 
 
 def plot_probe(

@@ -1,7 +1,9 @@
 """How good are the reconstructions and samples: measured.
 
 * :func:`reconstruction_metrics`: MSE, summed squared error per image, PSNR and SSIM of the reconstructions.
-* :func:`spectral_report`: the checkerboard of transposed convolutions, as excess power near the Nyquist frequency.
+* :func:`checkerboard_score`: the checkerboard of stride-2 layers, as a peak at the Nyquist frequencies.
+* :func:`spectral_report`: power spectra of real faces, reconstructions and samples, with both measures.
+* :func:`run_record` and :func:`run_summary`: a training run's final losses and quality, stored and shown.
 * :func:`decoder_comparison_table`: the decoders side by side.
 
 The linear probe of the latent space lives in :mod:`helper_probe`, the latent explorer in :mod:`helper_explorer`.
@@ -15,6 +17,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import Markdown
 from matplotlib.figure import Figure
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
@@ -62,6 +65,37 @@ def reconstruction_metrics(
     }
 
 
+LOSS_KEYS = ("reconstruction", "kl", "combined")
+
+
+def run_record(
+    log_dict: Mapping[str, list[float]],
+    test_losses: Mapping[str, float],
+    test_quality: Mapping[str, float],
+    mean_image_loss: float,
+    **details: Any,
+) -> dict[str, Any]:
+    """What ``metrics.json`` keeps of a run: the last epoch's train and validation losses, the test losses, the
+    test reconstruction error of predicting the mean training image, the quality metrics and ``details``."""
+    last = {split: {k: log_dict[f"{split}_{k}_loss_per_epoch"][-1] for k in LOSS_KEYS
+                    if log_dict.get(f"{split}_{k}_loss_per_epoch")} for split in ("train", "valid")}
+    return {**last, "test": dict(test_losses), "epochs": len(log_dict["epoch"]),
+            "test_reconstruction_of_mean_image": mean_image_loss, "test_quality": dict(test_quality), **details}
+
+
+def run_summary(run: Mapping[str, Any]) -> Markdown:
+    """A :func:`run_record` as Jupyter shows it: a small loss table and one line of test quality."""
+    rows = ["| | reconstruction | KL | combined |", "|---|---:|---:|---:|"]
+    for split in ("train", "valid", "test"):
+        if run.get(split):
+            rows.append(f"| {split} | " + " | ".join(f"{run[split][k]:.1f}" for k in LOSS_KEYS) + " |")
+    quality = run["test_quality"]
+    rows.append(f"\nAfter {run['epochs']} epoch(s). Predicting the mean training image for every test face: "
+                f"reconstruction {run['test_reconstruction_of_mean_image']:.1f}. Test reconstructions: MSE "
+                f"{quality['mse']:.4f}, PSNR {quality['psnr']:.1f} dB, SSIM {quality['ssim']:.3f}.")
+    return Markdown("\n".join(rows))
+
+
 def _frequency_grid(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """fftshifted frequencies (cycles/pixel) of each entry of an (H, W) spectrum: ``(fy, fx)``, each (H, W)."""
     fy = torch.fft.fftshift(torch.fft.fftfreq(height))
@@ -100,18 +134,50 @@ def nyquist_power_ratio(spectrum: torch.Tensor, reference: torch.Tensor, band: f
     return float(spectrum[outer].sum()) / reference_power
 
 
-def radial_power_spectrum(spectrum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Radially averaged (H, W) fftshifted spectrum: ``(frequencies, power)`` from 1/N up to Nyquist, N = min(H, W).
+def _checkerboard_peak(spectrum: torch.Tensor) -> float:
+    """:func:`checkerboard_score` of an fftshifted (H, W) power spectrum with H and W even."""
+    height, width = spectrum.shape
+    if height % 2 or width % 2 or min(height, width) < 4:
+        raise ValueError(f"images of {height}x{width} pixels have no exact Nyquist row and column; "
+                         "use an even height and width of at least 4")
+    # After fftshift the Nyquist frequency -0.5 sits at index 0 and its neighbours at 1 and -1 (+0.5 - 1/N).
+    power = spectrum.double()
+    ratios = (
+        power[0, 1:].mean() / power[[1, -1], 1:].mean(),
+        power[1:, 0].mean() / power[1:, [1, -1]].mean(),
+        power[0, 0] / power[[1, 1, -1, -1], [1, -1, 1, -1]].mean(),
+    )
+    if not all(torch.isfinite(r) for r in ratios):
+        raise ValueError("the images have no power next to the Nyquist frequency (constant images?)")
+    return float(max(ratios))
 
-    Entries are binned by their radius rounded to a multiple of 1/N cycles/pixel; the DC bin is left out.
+
+def checkerboard_score(images: torch.Tensor) -> float:
+    """How much a stride-2 pattern stands out: 1 means none, larger means a visible checkerboard.
+
+    A stride-2 layer writes its uneven overlap at the Nyquist frequencies: the row fy = 0.5, the column
+    fx = 0.5 and the corner (0.5, 0.5) of the 2-D power spectrum. The score is the largest of the three powers
+    divided by the power right next to it in the same spectrum (the neighbouring rows, columns or diagonal
+    entries), averaged over ``images`` (N, 3, H, W) or (3, H, W) in [0, 1]. Blur lowers the Nyquist frequencies
+    and their neighbours alike, so it hardly moves the score, unlike a power ratio against real faces.
+    """
+    return _checkerboard_peak(mean_power_spectrum(images))
+
+
+def radial_power_spectrum(spectrum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Radially averaged (H, W) fftshifted spectrum: ``(frequencies, power)`` from 1/N out to the corner.
+
+    Entries are binned by their radius rounded to a multiple of 1/N cycles/pixel, N = min(H, W); the DC bin is
+    left out. Radii above 0.5 (the Nyquist frequency along an axis) come only from the spectrum's corners, up to
+    sqrt(0.5) ~ 0.71 at (0.5, 0.5), where a stride-2 checkerboard puts its peak.
     """
     fy, fx = _frequency_grid(*spectrum.shape)
     n = min(spectrum.shape)
     bins = torch.round(torch.sqrt(fy**2 + fx**2) * n).long().flatten()
-    keep = bins <= n // 2
-    sums = torch.zeros(n // 2 + 1).index_add_(0, bins[keep], spectrum.flatten()[keep].float())
-    counts = torch.bincount(bins[keep], minlength=n // 2 + 1).float()
-    return torch.arange(1, n // 2 + 1) / n, (sums / counts)[1:]
+    size = int(bins.max()) + 1
+    sums = torch.zeros(size).index_add_(0, bins, spectrum.flatten().float())
+    counts = torch.bincount(bins, minlength=size).float()
+    return torch.arange(1, size) / n, (sums / counts)[1:]
 
 
 @torch.no_grad()
@@ -123,11 +189,13 @@ def spectral_report(
     generator: torch.Generator | None = None,
     band: float = NYQUIST_BAND,
 ) -> dict[str, Any]:
-    """Checkerboard measured: Nyquist-band power of reconstructions and of N(0, I) samples relative to real faces.
+    """Spectra of real faces, their reconstructions and N(0, I) samples, with a blur and a checkerboard measure.
 
     Uses the first ``num_images`` images of ``data_loader`` and as many samples (codes drawn on the CPU with
-    ``generator``). Returns ``num_images``, ``band``, ``reconstruction_nyquist_ratio``, ``sample_nyquist_ratio`` and
-    the radially averaged spectra ``frequencies``, ``radial_real``, ``radial_reconstructions``, ``radial_samples``.
+    ``generator``). Returns ``num_images``, ``band``, ``reconstruction_nyquist_ratio`` and ``sample_nyquist_ratio``
+    (outer-band power relative to real faces: below 1 mostly means blur), ``real_checkerboard_score``,
+    ``reconstruction_checkerboard_score`` and ``sample_checkerboard_score`` (:func:`checkerboard_score`) and the
+    radially averaged spectra ``frequencies``, ``radial_real``, ``radial_reconstructions``, ``radial_samples``.
     """
     if num_images < 1:
         raise ValueError(f"num_images={num_images} must be at least 1")
@@ -157,9 +225,17 @@ def spectral_report(
         "band": band,
         "reconstruction_nyquist_ratio": nyquist_power_ratio(spectra["reconstructions"], spectra["real"], band),
         "sample_nyquist_ratio": nyquist_power_ratio(spectra["samples"], spectra["real"], band),
+        "real_checkerboard_score": _checkerboard_peak(spectra["real"]),
+        "reconstruction_checkerboard_score": _checkerboard_peak(spectra["reconstructions"]),
+        "sample_checkerboard_score": _checkerboard_peak(spectra["samples"]),
         "frequencies": radial["real"][0],
         **{f"radial_{kind}": power for kind, (_, power) in radial.items()},
     }
+
+
+def spectral_measures(report: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of a :func:`spectral_report` without its spectra: the power ratios and checkerboard scores."""
+    return {k: float(v) for k, v in report.items() if k.endswith(("_ratio", "_score"))}
 
 
 def plot_power_spectra(
@@ -170,46 +246,55 @@ def plot_power_spectra(
     """Radially averaged power (log scale) of real faces and of each decoder's reconstructions and samples.
 
     ``report_by_decoder`` maps a decoder name (e.g. ``"transpose"``) to its :func:`spectral_report`; the real-face
-    curve is the first report's. The shaded region is the band that the Nyquist ratios (in the legend) measure.
+    curve is the first report's. The legend gives each curve's checkerboard score; the dotted line marks the
+    Nyquist frequency along an axis (0.5), and the curves go on to the corner (0.5, 0.5) at radius 0.71.
     """
     if not report_by_decoder:
         raise ValueError("report_by_decoder is empty: pass {decoder_name: spectral_report(...)}")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     first = next(iter(report_by_decoder.values()))
-    ax.semilogy(first["frequencies"], first["radial_real"], color="black", lw=2, label="real faces")
+    ax.semilogy(first["frequencies"], first["radial_real"], color="black", lw=2,
+                label=f"real faces (checkerboard {first['real_checkerboard_score']:.2f})")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, report) in enumerate(report_by_decoder.items()):
         color = colors[i % len(colors)]
         ax.semilogy(report["frequencies"], report["radial_reconstructions"], color=color,
-                    label=f"{name}: reconstructions (Nyquist ratio {report['reconstruction_nyquist_ratio']:.2f})")
+                    label=f"{name}: reconstructions (checkerboard {report['reconstruction_checkerboard_score']:.2f})")
         ax.semilogy(report["frequencies"], report["radial_samples"], color=color, ls="--",
-                    label=f"{name}: samples (Nyquist ratio {report['sample_nyquist_ratio']:.2f})")
-    ax.axvspan(first["band"], 0.5, color="grey", alpha=0.15, lw=0)
-    ax.set_xlim(0, 0.5)
-    ax.set_xlabel("spatial frequency (cycles/pixel)")
+                    label=f"{name}: samples (checkerboard {report['sample_checkerboard_score']:.2f})")
+    ax.axvline(0.5, color="grey", ls=":", lw=1)
+    ax.set_xlim(0, float(first["frequencies"][-1]))
+    ax.set_xlabel("spatial frequency (cycles/pixel); 0.5 = Nyquist along an axis, 0.71 = the corner")
     ax.set_ylabel("mean power")
-    ax.set_title("Power spectra: a checkerboard shows up as excess power near 0.5")
+    ax.set_title("Power spectra; a checkerboard is a peak at 0.5 or at 0.71")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, save_path, title)
 
 
-def decoder_comparison_table(metrics: Mapping[str, Any]) -> str:
-    """A Markdown table comparing the decoders in a metrics dict: test losses, MSE/PSNR/SSIM of the reconstructions
-    (``runs.<decoder>.test_quality``) and the Nyquist power ratios (``spectra.<decoder>``), where measured."""
+def decoder_comparison_table(metrics: Mapping[str, Any]) -> Markdown:
+    """The decoders side by side, as a table Jupyter renders: test losses, MSE/PSNR/SSIM of the reconstructions
+    (``runs.<decoder>.test_quality``), outer-band power relative to real faces and checkerboard scores
+    (``spectra.<decoder>``), where measured; a last row gives the real test faces' checkerboard score."""
     def cell(section: Mapping[str, Any], key: str, digits: int) -> str:
         value = section.get(key)
         return "-" if value is None else f"{value:.{digits}f}"
 
     header = ("| decoder | epochs | test reconstruction | test KL | test total | MSE | PSNR (dB) | SSIM "
-              "| Nyquist ratio, reconstructions | Nyquist ratio, samples |")
-    rows = [header, "|---" * 10 + "|"]
+              "| outer-band power / real: reconstructions | samples "
+              "| checkerboard: reconstructions | samples |")
+    rows = [header, "|---" * 12 + "|"]
+    spectra = metrics.get("spectra", {})
     for decoder, run in sorted(metrics.get("runs", {}).items()):
         test, quality = run.get("test", {}), run.get("test_quality", {})
-        spectra = metrics.get("spectra", {}).get(decoder, {})
+        measured = spectra.get(decoder, {})
         rows.append(" | ".join([
             f"| {decoder}", str(run.get("epochs", "?")), cell(test, "reconstruction", 2), cell(test, "kl", 2),
             cell(test, "combined", 2), cell(quality, "mse", 5), cell(quality, "psnr", 2), cell(quality, "ssim", 3),
-            cell(spectra, "reconstruction_nyquist_ratio", 3), cell(spectra, "sample_nyquist_ratio", 3),
+            cell(measured, "reconstruction_nyquist_ratio", 3), cell(measured, "sample_nyquist_ratio", 3),
+            cell(measured, "reconstruction_checkerboard_score", 2), cell(measured, "sample_checkerboard_score", 2),
         ]) + " |")
-    return "\n".join(rows)
+    real = [m["real_checkerboard_score"] for m in spectra.values() if "real_checkerboard_score" in m]
+    if real:
+        rows.append(f"| real test faces |{' |' * 9} {real[0]:.2f} | |")
+    return Markdown("\n".join(rows))

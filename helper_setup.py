@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from celeba_vae.paths import project_path
 from celeba_vae.recipes import Recipe, choose_recipe
+from celeba_vae.runtime import output_folder
 from helper_data import DatasetChoice, prepare_dataset
 from helper_utils import get_device, load_model, set_all_seeds
 
@@ -74,14 +74,25 @@ def start_notebook(
     recipe: str = "auto",
     random_seed: int = 123,
     num_synthetic: int = 2000,
+    *,
+    download: bool = False,
+    drive: bool = False,
+    runtime: str | None = None,
 ) -> NotebookSetup:
     """Choose the device, seed everything, find the data (saying plainly when it is synthetic) and print where
-    everything is, as absolute paths. Nothing is written under ``notebooks/``."""
-    data = prepare_dataset(dataset, project_path(data_root, "data"), num_synthetic, random_seed)
+    everything is, as absolute paths. Nothing is written under ``notebooks/``.
+
+    ``download=True`` fetches CelebA from the Hugging Face Hub into ``data_root`` when it is found neither there
+    nor where Kaggle attaches it (see :func:`helper_data.prepare_dataset`). ``drive=True`` (Colab) mounts Google
+    Drive and keeps the outputs there, so a disconnected runtime resumes from its last epoch; on Kaggle they go to
+    ``/kaggle/working/outputs`` (see :func:`celeba_vae.runtime.output_folder`). ``runtime`` (``"colab"``,
+    ``"kaggle"``, ``"local"``) is detected when ``None``.
+    """
+    data = prepare_dataset(dataset, data_root, num_synthetic, random_seed, download=download)
     print(data.message)
     chosen = get_device(device)
     set_all_seeds(random_seed)
-    setup = NotebookSetup(chosen, data, project_path(output_dir, "outputs"), decoder, random_seed,
-                          choose_recipe(recipe, chosen, data.kind))
+    outputs = output_folder(output_dir, drive, runtime)
+    setup = NotebookSetup(chosen, data, outputs, decoder, random_seed, choose_recipe(recipe, chosen, data.kind))
     print(f"Device: {chosen} | data: {data.root} | outputs: {setup.output_dir}")
     return setup

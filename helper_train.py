@@ -48,6 +48,26 @@ def vae_loss(
     return reconstruction_term_weight * reconstruction + kl, reconstruction, kl
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``, copied without blocking only where that is safe: from pinned host memory to CUDA.
+
+    A non-blocking copy from ordinary memory can hand MPS a corrupted batch (pytorch#139550) and on CUDA it blocks
+    anyway, so a user's own DataLoader (or ``loader="lecture"``) gets a plain copy.
+    """
+    return tensor.to(device, non_blocking=device.type == "cuda" and tensor.device.type == "cpu" and tensor.is_pinned())
+
+
+def adam(model: torch.nn.Module, lr: float = 5e-4) -> torch.optim.Optimizer:
+    """``torch.optim.Adam(model.parameters(), lr=lr)``, fused where the model is on CUDA.
+
+    Fused Adam takes the fp16 gradient scaler's inf check on the GPU, so a training step on a T4 or V100 does not
+    wait for it and the next batch's copy keeps overlapping; the update is Adam's either way (equal up to
+    rounding). Build it after ``model.to(device)``: a model still on the CPU gets the plain Adam.
+    """
+    on_cuda = all(p.device.type == "cuda" for p in model.parameters())
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=True if on_cuda else None)
+
+
 @torch.no_grad()
 def evaluate_vae(
     model: torch.nn.Module,
@@ -66,7 +86,7 @@ def evaluate_vae(
     count = 0
     with eval_mode(model), full_fp32(device):
         for features, _ in data_loader:
-            features = features.to(device, non_blocking=True)
+            features = to_device(features, device)
             _, z_mean, z_log_var, decoded = model(features)
             losses = vae_loss(features, decoded, z_mean, z_log_var, reconstruction_term_weight, loss_fn)
             batch_totals.append(torch.stack(losses) * features.shape[0])
@@ -178,11 +198,16 @@ def train_vae_v1(
     A NaN or infinite loss stops training with an error, keeping the last good checkpoint.
     ``skip_epoch_stats`` skips the per-epoch validation pass; ``epoch_images`` saves a PNG after every epoch.
     ``save_model`` receives the final state dict, as in the lecture. Nothing is kept between calls.
+    One summary line is printed per epoch for up to 20 epochs; longer runs print about 20 of them (the log
+    dict holds every epoch).
     """
     device = torch.device(device)
     chosen = choose_precision(precision, device)
     print(chosen.describe())
     scaler = chosen.grad_scaler()
+    if scaler.is_enabled() and not optimizer.defaults.get("fused"):
+        print("fp16: the gradient scaler waits for the GPU once per step with this optimizer; "
+              "optimizer = helper_train.adam(model, lr) (fused Adam) avoids the wait")
     channels_last = device.type in ("cuda", "cpu") if channels_last is None else channels_last
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     log, start_epoch = _new_log(), 0
@@ -197,7 +222,7 @@ def train_vae_v1(
             if checkpoint.get("scaler") and scaler.is_enabled():
                 scaler.load_state_dict(checkpoint["scaler"])
             log, start_epoch = checkpoint["log"] or log, checkpoint["epoch"] or 0
-            restore_rng_states(checkpoint["rng"])
+            restore_rng_states(checkpoint["rng"], device)
             print(f"Resuming from {checkpoint_path}: {start_epoch} of {num_epochs} epochs already done")
         else:
             backup = checkpoint_path.with_name(checkpoint_path.name + ".bak")
@@ -205,6 +230,7 @@ def train_vae_v1(
             print(f"Starting a new run; the previous checkpoint was kept as {backup} (resume=True continues it)")
     step_model = torch.compile(model) if compile else model
     start_time = time.time()
+    print_every = -(-num_epochs // 20)
     for epoch in range(start_epoch, num_epochs):
         model.train()
         pending: list[torch.Tensor] = []
@@ -213,7 +239,7 @@ def train_vae_v1(
 
         with chosen.training_flags():
             for batch_idx, (features, _) in enumerate(train_loader):
-                features = features.to(device, non_blocking=True)
+                features = to_device(features, device)
                 if channels_last:
                     features = features.contiguous(memory_format=torch.channels_last)
                 with chosen.autocast():
@@ -243,7 +269,8 @@ def train_vae_v1(
                 log[f"valid_{key}_loss_per_epoch"].append(valid[key])
             summary += f" | Valid loss: {valid['combined']:.3f}"
         log["epoch"].append(epoch + 1)
-        print(f"{summary} | Time elapsed: {(time.time() - start_time) / 60:.2f} min")
+        if (epoch + 1) % print_every == 0 or epoch + 1 in (start_epoch + 1, num_epochs):
+            print(f"{summary} | Time elapsed: {(time.time() - start_time) / 60:.2f} min")
         if epoch_images is not None:
             epoch_images.save(model, device, epoch + 1)
         if checkpoint_path is not None:

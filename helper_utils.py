@@ -84,13 +84,13 @@ def load_model(
     return model.to(device).eval()
 
 
-def update_metrics(path: str | Path, section: str, values: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``values`` into ``section`` of the metrics JSON at ``path`` (written atomically); return it all."""
+def update_metrics(path: str | Path, section: str, values: dict[str, Any]) -> None:
+    """Merge ``values`` into ``section`` of the metrics JSON at ``path`` (written atomically); :func:`read_metrics`
+    reads it back. Returns nothing, so a notebook cell that ends with it prints nothing."""
     path = Path(path)
     metrics = json.loads(path.read_text()) if path.is_file() else {}
     metrics.setdefault(section, {}).update(values)
     atomic_write(path, lambda f: f.write(json.dumps(metrics, indent=2).encode()))
-    return metrics
 
 
 def read_metrics(path: str | Path) -> dict[str, Any]:

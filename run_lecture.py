@@ -5,6 +5,7 @@
     python run_lecture.py --download        # fetch CelebA from the Hugging Face Hub into data/ first
     python run_lecture.py --decoder both    # train and compare both decoders
     python run_lecture.py --self-check      # check every precision/compile/data path this machine's GPU supports
+    python run_lecture.py --knobs           # then notebook 5: short runs, one knob changed at a time (--knobs decoder)
 
 Relative paths are relative to the repository root. Every input is checked before any work starts. Writes the
 executed notebooks, every figure (PNG) and metrics.json under --output-dir.
@@ -24,11 +25,11 @@ from jupyter_client.manager import AsyncKernelManager
 from traitlets import Unicode, default
 
 from celeba_vae import selfcheck
-from celeba_vae.celeba_files import download_celeba, find_celeba, read_index
 from celeba_vae.checkpoint import check_settings, load_checkpoint
 from celeba_vae.paths import REPO_ROOT, project_path
-from celeba_vae.recipes import choose_recipe
-from helper_data import prepare_dataset
+from celeba_vae.recipes import RECIPES, choose_recipe
+from helper_data import DatasetChoice, prepare_dataset
+from helper_knobs import KNOB_VALUES
 from helper_utils import get_device
 from model import VAE
 
@@ -36,6 +37,7 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 TRAIN, SAMPLE, LATENT, ARITHMETIC = (
     "1_train_vae.ipynb", "2_sample_and_reconstruct.ipynb", "3_latent_histograms.ipynb", "4_latent_arithmetic.ipynb"
 )
+KNOBS = "5_what_the_knobs_do.ipynb"
 
 
 class InputError(Exception):
@@ -87,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-root", default=None, help="folder holding CelebA in any supported layout (default: "
                         "the repository's data/, or $CELEBA_VAE_DATA); a folder given here must hold CelebA")
     parser.add_argument("--download", action="store_true", help="fetch CelebA from the Hugging Face Hub first")
-    parser.add_argument("--recipe", choices=["auto", "lecture", "laptop", "demo"], default="auto",
+    parser.add_argument("--recipe", choices=["auto", *RECIPES], default="auto",
                         help="auto: lecture on a GPU, laptop on a CPU, demo on synthetic faces")
     parser.add_argument("--epochs", type=positive, help="override the recipe's epochs")
     parser.add_argument("--batch-size", type=positive, help="override the recipe's batch size")
@@ -106,6 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default=None, help="default: the repository's outputs/ ($CELEBA_VAE_OUTPUTS)")
     parser.add_argument("--seed", type=_whole_number(0), default=123)
     parser.add_argument("--self-check", action="store_true", help="check this machine's training paths and exit")
+    parser.add_argument("--knobs", nargs="*", choices=list(KNOB_VALUES), metavar="KNOB",
+                        help=f"after the others, run notebook 5's sweep over these knobs (none named: all of "
+                             f"{', '.join(KNOB_VALUES)})")
     return parser.parse_args(argv)
 
 
@@ -113,20 +118,19 @@ def _problem(err: BaseException) -> str:
     return str(err).strip() or type(err).__name__
 
 
-def check_data(args: argparse.Namespace) -> tuple[Path, str]:
-    """The data root and kind to use, after checking the data folder (downloading first if asked)."""
-    data_root = project_path(args.data_root, "data")
+def dataset_asked(args: argparse.Namespace) -> str:
+    """The ``dataset`` the notebooks get: a ``--data-root`` given (or ``--download``) must hold CelebA."""
+    explicit = args.data_root is not None or args.download
+    return "celeba" if explicit and args.dataset == "auto" else args.dataset
+
+
+def check_data(args: argparse.Namespace) -> DatasetChoice:
+    """Decide the data as the notebooks will (:func:`prepare_dataset`, downloading first if asked), checking them."""
     try:
-        if args.download:
-            download_celeba(data_root)
-        if args.dataset == "synthetic":
-            return data_root, "synthetic"
-        read_index(find_celeba(data_root))
-        return data_root, "celeba"
+        return prepare_dataset(dataset_asked(args), project_path(args.data_root, "data"), args.num_synthetic,
+                               args.seed, download=args.download)
     except FileNotFoundError as err:
-        if args.dataset == "celeba" or args.data_root is not None or args.download:
-            raise InputError(f"{_problem(err)}\n(--dataset synthetic runs the demo without CelebA)") from None
-        return data_root, "synthetic"
+        raise InputError(f"{_problem(err)}\n(--dataset synthetic runs the demo without CelebA)") from None
     except (OSError, ValueError, RuntimeError, ImportError) as err:
         raise InputError(_problem(err)) from None
 
@@ -194,11 +198,10 @@ def run(args: argparse.Namespace) -> int:
         device = get_device(args.device)
     except RuntimeError as err:
         raise InputError(f"--device {args.device}: {_problem(err).splitlines()[0]}") from None
-    data_root, kind = check_data(args)
+    data = check_data(args)
     output_dir = project_path(args.output_dir, "outputs")
     check_output_dir(output_dir)
     decoders = ["transpose", "nearest"] if args.decoder == "both" else [args.decoder]
-    data = prepare_dataset(kind, data_root, args.num_synthetic, args.seed)
     print(data.message)
     choose_recipe(args.recipe, device, data.kind).override(
         num_epochs=args.epochs, batch_size=args.batch_size, train_images=args.train_images,
@@ -207,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
         check_resume(output_dir, decoders, data.record())
     executed = output_dir / "notebooks"
     executed.mkdir(parents=True, exist_ok=True)
-    common = {"dataset": kind, "data_root": str(data_root), "output_dir": str(output_dir), "device": args.device,
+    common = {"dataset": dataset_asked(args), "data_root": str(project_path(args.data_root, "data")),
+              "output_dir": str(output_dir), "device": args.device,
               "recipe": args.recipe, "random_seed": args.seed, "num_synthetic": args.num_synthetic}
     train = {"num_epochs": args.epochs, "batch_size": args.batch_size, "train_images": args.train_images,
              "eval_images": args.eval_images, "learning_rate": args.learning_rate, "loader": args.loader,
@@ -221,6 +225,11 @@ def run(args: argparse.Namespace) -> int:
         out = executed / f"{Path(notebook).stem}_{decoder}.ipynb"
         print(f"Running {notebook} ({decoder}) -> {out}")
         run_notebook(notebook, out, {**common, "decoder": decoder, **extra})
+    if args.knobs is not None:
+        sweep = {"knobs": args.knobs or list(KNOB_VALUES), "num_epochs": args.epochs, "batch_size": args.batch_size,
+                 "train_images": args.train_images, "eval_images": args.eval_images}
+        print(f"Running {KNOBS} -> {executed / KNOBS}")
+        run_notebook(KNOBS, executed / KNOBS, {**common, **sweep})
     print(f"Figures: {output_dir / 'figures'}\nMetrics: {output_dir / 'metrics.json'}")
     return 0
 

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -32,10 +31,12 @@ import torchvision
 from torch.utils.data import DataLoader
 
 from celeba_vae.atomic_files import atomic_write
-from celeba_vae.selfcheck import TimedBatches, synchronize
+from celeba_vae.celeba_files import find_celeba, read_index
+from celeba_vae.decoded_cache import CachedLoader, DecodedSplit, build_decoded_cache
+from celeba_vae.selfcheck import TimedBatches, peak_host_mib, synchronize
 from celeba_vae.synthetic import write_synthetic_celeba
-from helper_data import CachedLoader, DecodedSplit, build_decoded_cache, default_transform, find_celeba, read_index
-from helper_train import evaluate_vae, train_vae_v1, vae_loss
+from helper_data import default_transform
+from helper_train import adam, evaluate_vae, train_vae_v1, vae_loss
 from helper_utils import get_device, set_all_seeds
 from model import VAE
 
@@ -84,9 +85,10 @@ def lecture_training(loader: Iterable, device: torch.device, steps: int, warmup:
 
 
 def project_training(loader: CachedLoader, device: torch.device, steps: int, warmup: int, compile: bool) -> float:
+    """Images/s of ``train_vae_v1`` with the project's optimizer (:func:`helper_train.adam`: fused on CUDA)."""
     set_all_seeds(123)
-    model = VAE()
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+    model = VAE().to(device)
+    optimizer = adam(model, lr=5e-4)
     kwargs = {"skip_epoch_stats": True, "progress": False, "compile": compile, "logging_interval": 50}
     train_vae_v1(1, model, optimizer, device, TimedBatches(loader, max(warmup, 1), 0, device), **kwargs)
     synchronize(device)
@@ -109,6 +111,27 @@ def loss_check(train: CachedLoader, test: CachedLoader, device: torch.device, st
         results[name] = evaluate_vae(model, test, device)["combined"]
     results["relative_difference"] = abs(results["fast"] - results["fp32_eager"]) / results["fp32_eager"]
     return results
+
+
+def device_name(device: torch.device) -> str:
+    """The name of the card ``device`` is (``cuda:1`` is not card 0), or the CPU's for a CPU or MPS run."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or device.type
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average, or ``None`` where the system has none (Windows)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def peak_children_mib() -> float | None:
+    """Peak resident memory of the finished child processes (DataLoader workers) in MiB; ``None`` on Windows."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def cpu_description() -> dict[str, object]:
@@ -222,11 +245,11 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, device: torch.device, workdir: Path, scratch: Path) -> int:
     """Measure everything, print the table and write the JSON; ``scratch`` is the benchmark's own folder."""
     results: dict[str, object] = {
-        "machine": {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "machine": {"device": device_name(device),
                     "device_type": device.type, "cpu_count": torch.get_num_threads(), "torch": torch.__version__,
                     "python": platform.python_version(), **cpu_description()},
         "settings": vars(args),
-        "load_average_start": os.getloadavg()[0],
+        "load_average_start": load_average(),
     }
     splits, timings = prepare_data(workdir, scratch / "decoded_cache", args.num_images)
     results.update(timings)
@@ -257,12 +280,12 @@ def run(args: argparse.Namespace, device: torch.device, workdir: Path, scratch: 
         results[f"{who}_50_epochs_min"] = epoch_s * LECTURE_EPOCHS / 60
     decoded_images = sum(len(split) for split in splits.values())
     results["cache_build_s_per_202599"] = results["cache_build_s"] * 202_599 / decoded_images
-    results["peak_host_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    results["peak_host_children_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    results["peak_host_mib"] = peak_host_mib()
+    results["peak_host_children_mib"] = peak_children_mib()
     if device.type == "cuda":
-        results["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        results["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     results["train_images"] = train_images
-    results["load_average_end"] = os.getloadavg()[0]
+    results["load_average_end"] = load_average()
 
     data_x = results["project_data_img_s"] / results["lecture_data_img_s"]
     train_x = results["project_train_img_s"] / results["lecture_train_img_s"]
@@ -292,11 +315,15 @@ def run(args: argparse.Namespace, device: torch.device, workdir: Path, scratch: 
               f"({cpu['bf16_speedup']:.2f}x); loss after {cpu['warmup_steps'] + cpu['steps']} steps: "
               f"fp32 {cpu['fp32_loss']:.2f}, bf16 {cpu['bf16_loss']:.2f} "
               f"({100 * cpu['loss_relative_difference']:.2f}% apart)")
+    workers = results["peak_host_children_mib"]
     print(f"peak host memory: {results['peak_host_mib']:.0f} MiB (DataLoader workers: "
-          f"{results['peak_host_children_mib']:.0f} MiB)"
+          + (f"{workers:.0f} MiB)" if workers is not None else "not measured on this system)")
           + (f", peak GPU memory: {results['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in results else ""))
-    print(f"load average (1 min) of the machine: {results['load_average_start']:.1f} at the start, "
-          f"{results['load_average_end']:.1f} at the end, on {os.cpu_count()} CPUs")
+    if results["load_average_start"] is not None:
+        print(f"load average (1 min) of the machine: {results['load_average_start']:.1f} at the start, "
+              f"{results['load_average_end']:.1f} at the end, on {os.cpu_count()} CPUs")
+    else:
+        print("load average: this system has none (Windows); close other programs for steady figures")
     output = Path(args.output or Path(__file__).resolve().parent / f"results_{device.type}.json")
     atomic_write(output, lambda f: f.write(json.dumps(results, indent=2).encode()))
     print(f"wrote {output}")

@@ -3,13 +3,15 @@
 :func:`find_celeba` detects the layout a folder holds and returns a :class:`CelebASource`; :func:`read_index`
 reads (and checks) its annotations; :meth:`CelebASource.read_image` opens one image as RGB. Everything that
 decodes CelebA, per image or into the decoded cache, goes through these. The Hub copy (parquet shards) is read
-and downloaded by :mod:`celeba_hub`, wrapped here as :class:`HubSource`.
+and downloaded by :mod:`celeba_hub`, wrapped here as :class:`HubSource`. What is made from a data folder that
+cannot be written (an extracted zip, the decoded cache) goes to a writable cache folder (:func:`derived_folder`).
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import io
 import os
 import shutil
@@ -36,6 +38,7 @@ from celeba_vae.hub import (
     iter_hub_bytes,
     read_hub_table,
 )
+from celeba_vae.paths import CACHE_ENV, writable_cache
 
 CELEBA_ATTRIBUTE_NAMES: tuple[str, ...] = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
@@ -47,6 +50,7 @@ CELEBA_ATTRIBUTE_NAMES: tuple[str, ...] = (
     "Wearing_Necktie", "Young",
 )
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
+ATTACHED_DATASETS: tuple[Path, ...] = (Path("/kaggle/input/celeba-dataset"),)
 OFFICIAL_SPLIT_SIZES = {"train": 162_770, "valid": 19_867, "test": 19_962}
 CROP_SIZE = 128
 
@@ -56,7 +60,8 @@ EXPECTED_LAYOUTS = """CelebA was not found under {root}. Expected one of:
   3. img_align_celeba/img_align_celeba/*.jpg + list_attr_celeba.csv + list_eval_partition.csv (Kaggle)
   4. celeba/img_align_celeba.zip or img_align_celeba.zip next to those text files (extracted once, automatically)
   5. celeba-hub/img_align+identity+attr/*.parquet (the Hugging Face Hub copy), or a Hub cache holding it
-  6. a folder of CelebA-named JPEGs (000001.jpg ... 202599.jpg), without attributes
+  6. a folder of CelebA-named JPEGs (000001.jpg ... 202599.jpg), without attributes"""
+NOT_FOUND = EXPECTED_LAYOUTS + """
 Get it with `python run_lecture.py --download` (or download_celeba("{root}")); see "Getting CelebA" in the README."""
 
 
@@ -90,8 +95,8 @@ def _explain_permissions(func: Callable[P, R]) -> Callable[P, R]:
             if err.filename is None:
                 raise
             raise PermissionError(
-                f"permission denied for {err.filename}: make it readable (e.g. chmod -R u+rX {err.filename}; "
-                "writable too where a zip must be extracted) or point root at a copy you can read"
+                f"permission denied for {err.filename}: make it readable (e.g. chmod -R u+rX {err.filename}) "
+                "or point root at a copy you can read"
             ) from err
 
     return wrapper
@@ -177,8 +182,32 @@ OTHER_ROUTES = (f"get CelebA another way: download_celeba(root) (the Hub, {HUB_R
                 "(jessicali9530/celeba-dataset) or the official site (see \"Getting CelebA\" in the README)")
 
 
-def _extract_zip(archive: Path) -> None:
-    """Extract ``archive`` beside itself, atomically: a killed extraction leaves no half folder behind."""
+def can_write(folder: Path) -> bool:
+    """Whether files may be created in ``folder`` (``False`` on a read-only mount, even for root)."""
+    return os.access(folder, os.W_OK)
+
+
+@functools.cache
+def _say_once(line: str) -> None:
+    print(line)
+
+
+def derived_folder(folder: Path) -> Path:
+    """Where files made from the data folder ``folder`` go (an extracted zip, the decoded cache).
+
+    ``folder`` itself when it can be written, else :func:`paths.writable_cache` (said once, in one line): nothing
+    is ever written into a read-only data folder.
+    """
+    if can_write(folder):
+        return folder
+    cache = writable_cache(folder)
+    _say_once(f"{folder} is read-only: what is made from it (decoded cache, extracted zip) goes to {cache} "
+              f"(${CACHE_ENV} moves it).")
+    return cache
+
+
+def _extract_zip(archive: Path, target: Path) -> None:
+    """Extract ``archive`` into ``target/img_align_celeba``, atomically: a killed extraction leaves no half folder."""
     with open(archive, "rb") as f:
         head = f.read(512).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if head.startswith((b"<!doctype html", b"<html")):
@@ -186,8 +215,8 @@ def _extract_zip(archive: Path) -> None:
             f"{archive} is a web page (HTML), not a zip: probably a Google Drive quota or virus-scan warning page "
             f"saved under that name. Delete it and {OTHER_ROUTES}."
         )
-    target = archive.parent / "img_align_celeba"
-    tmp = Path(tempfile.mkdtemp(prefix=".extracting-", dir=archive.parent))
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".extracting-", dir=target))
     try:
         try:
             with zipfile.ZipFile(archive) as zf:
@@ -198,9 +227,21 @@ def _extract_zip(archive: Path) -> None:
                 f"img_align_celeba.zip again, or {OTHER_ROUTES}."
             ) from err
         inner = tmp / "img_align_celeba"
-        os.replace(inner if inner.is_dir() else tmp, target)
+        os.replace(inner if inner.is_dir() else tmp, target / "img_align_celeba")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _image_folder(folder: Path) -> Path:
+    """``folder/img_align_celeba``; when only ``img_align_celeba.zip`` is there, the folder it is extracted to (once,
+    beside it, or in the writable cache when ``folder`` is read-only)."""
+    images = folder / "img_align_celeba"
+    if images.exists() or not (folder / "img_align_celeba.zip").is_file():
+        return images
+    target = derived_folder(folder)
+    if not (target / "img_align_celeba").exists():
+        _extract_zip(folder / "img_align_celeba.zip", target)
+    return target / "img_align_celeba"
 
 
 @_explain_permissions
@@ -218,14 +259,11 @@ def find_celeba(root: str | Path = "data") -> CelebASource:
     with os.scandir(root) as entries:
         empty = next(entries, None) is None
     if empty:
-        raise FileNotFoundError(f"data root {root} is empty. " + EXPECTED_LAYOUTS.format(root=root))
-    for folder in (root / "celeba", root):
-        archive = folder / "img_align_celeba.zip"
-        if archive.is_file() and not (folder / "img_align_celeba").exists():
-            _extract_zip(archive)
+        raise FileNotFoundError(f"data root {root} is empty. " + NOT_FOUND.format(root=root))
+    torchvision_images, flat_images = _image_folder(root / "celeba"), _image_folder(root)
     candidates = [
-        _annotated(root / "celeba", root / "celeba" / "img_align_celeba", "torchvision", "txt"),
-        _annotated(root, root / "img_align_celeba", "flat", "txt"),
+        _annotated(root / "celeba", torchvision_images, "torchvision", "txt"),
+        _annotated(root, flat_images, "flat", "txt"),
         _annotated(root, root / "img_align_celeba" / "img_align_celeba", "kaggle", "csv"),
     ]
     annotated = [source for source in candidates if source is not None]
@@ -235,14 +273,13 @@ def find_celeba(root: str | Path = "data") -> CelebASource:
     hub = find_hub_shards(root)
     if hub is not None:
         return HubSource("hub", hub[0], shards=hub[1])
-    for folder in (root / "celeba" / "img_align_celeba", root / "img_align_celeba" / "img_align_celeba",
-                   root / "img_align_celeba", root):
+    for folder in (torchvision_images, root / "img_align_celeba" / "img_align_celeba", flat_images, root):
         if _has_jpegs(folder):
             return CelebASource("bare", folder)
-    for folder in [s.image_dir for s in annotated] + [root / "celeba" / "img_align_celeba", root / "img_align_celeba"]:
+    for folder in [s.image_dir for s in annotated] + [torchvision_images, flat_images]:
         if folder.is_dir():
             raise FileNotFoundError(f"images folder {folder} is empty; extract img_align_celeba.zip there (see README)")
-    raise FileNotFoundError(EXPECTED_LAYOUTS.format(root=root))
+    raise FileNotFoundError(NOT_FOUND.format(root=root))
 
 
 
@@ -266,6 +303,18 @@ class CelebAIndex:
             raise ValueError(f"split={split!r} is not one of {SPLITS + ('all',)}")
         rows = np.flatnonzero(self.partition == SPLITS.index(split))
         return [self.filenames[i] for i in rows], None if self.attributes is None else self.attributes[rows]
+
+    def identity(self) -> dict[str, object]:
+        """What these images are, wherever they sit: the size of each split and a fingerprint of the file names of
+        each split (the same CelebA in another folder or layout gives the same answer)."""
+        digest = hashlib.sha256()
+        sizes: dict[str, int] = {}
+        for split in SPLITS:
+            names, _ = self.split(split)
+            sizes[split] = len(names)
+            digest.update(f"{split}:{len(names)}\n".encode())
+            digest.update("\n".join(names).encode())
+        return {"splits": sizes, "names": digest.hexdigest()[:16]}
 
 
 def _rows(path: Path, csv: bool) -> Iterator[tuple[int, list[str]]]:

@@ -13,11 +13,16 @@ from celeba_vae.atomic_files import atomic_write
 from model import VAE
 
 CHECKPOINT_FORMAT = "celeba-vae/1"
-DATA_KEYS = ("kind", "layout", "root", "images")
+DATA_KEYS = ("kind", "splits", "names", "synthetic", "images")
+LEGACY_DATA_KEYS = ("kind", "layout", "images")
 
 
-def rng_states() -> dict[str, Any]:
-    """Python, NumPy and PyTorch RNG states, as plain types and tensors (``weights_only``-loadable)."""
+def rng_states(device: str | torch.device | None = None) -> dict[str, Any]:
+    """Python, NumPy and PyTorch RNG states, as plain types and tensors (``weights_only``-loadable).
+
+    With CUDA: every card's generator (``"cuda"``) and, when ``device`` is a CUDA device, the state of that training
+    card (``"cuda_training"``), which is the one a resume restores; with MPS: its generator (``"mps"``).
+    """
     np_state = np.random.get_state()
     states: dict[str, Any] = {
         "python": random.getstate(),
@@ -26,18 +31,42 @@ def rng_states() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
+        if device is not None and torch.device(device).type == "cuda":
+            states["cuda_training"] = torch.cuda.get_rng_state(_cuda_index(torch.device(device)))
+    if torch.backends.mps.is_available():
+        states["mps"] = torch.mps.get_rng_state()
     return states
 
 
-def restore_rng_states(states: dict[str, Any]) -> None:
-    """Undo :func:`rng_states`, wherever the checkpoint's tensors were loaded (the states are CPU byte tensors)."""
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def restore_rng_states(states: dict[str, Any], device: str | torch.device | None = None) -> None:
+    """Undo :func:`rng_states`, wherever the checkpoint's tensors were loaded (the states are CPU byte tensors).
+
+    Of the GPU generators only the training ``device``'s is restored: on CUDA the saved training card's state goes
+    to ``device`` (a checkpoint from two GPUs resumes on one, or on another card), on MPS the MPS generator's.
+    """
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, *rest = states["numpy"]
     np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), *rest))
     torch.set_rng_state(states["torch"].to("cpu", torch.uint8))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([state.to("cpu", torch.uint8) for state in states["cuda"]])
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        index = _cuda_index(device)
+        saved = states.get("cuda_training")
+        if saved is None and index < len(states.get("cuda", [])):
+            saved = states["cuda"][index]
+        if saved is not None:
+            torch.cuda.set_rng_state(saved.to("cpu", torch.uint8), index)
+        elif "cuda" in states:
+            print(f"The checkpoint holds no CUDA generator state for cuda:{index} (it was saved on "
+                  f"{len(states['cuda'])} card(s)): this card's random draws are not restored, so the resumed run is "
+                  "not bit-identical to an uninterrupted one.")
+    if device is not None and device.type == "mps" and "mps" in states:
+        torch.mps.set_rng_state(states["mps"].to("cpu", torch.uint8))
 
 
 def save_checkpoint(
@@ -50,15 +79,16 @@ def save_checkpoint(
     settings: dict[str, Any] | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> Path:
-    """Atomically save model, optimizer, completed ``epoch``, RNG states, log, settings and the fp16 gradient
-    ``scaler`` (when one is enabled)."""
+    """Atomically save model, optimizer, completed ``epoch``, RNG states (those of the model's device among the GPU
+    generators, see :func:`rng_states`), log, settings and the fp16 gradient ``scaler`` (when one is enabled)."""
     model = getattr(model, "_orig_mod", model)
+    parameter = next(model.parameters(), None)
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "epoch": epoch,
-        "rng": rng_states(),
+        "rng": rng_states(parameter.device if parameter is not None else None),
         "log": log_dict or {},
         "settings": {**(settings or {}), **model.settings()} if isinstance(model, VAE) else dict(settings or {}),
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
@@ -92,20 +122,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def _describe_data(data: dict[str, Any]) -> str:
     kind = {"celeba": "CelebA", "synthetic": "synthetic faces"}.get(data.get("kind"), repr(data.get("kind")))
-    details = [f"{data['layout']} layout" if "layout" in data else None, data.get("root"),
+    splits = data.get("splits")
+    details = [f"{data['layout']} layout" if "layout" in data else None,
+               "/".join(f"{n:,}" for n in splits.values()) + " train/valid/test images" if splits else None,
+               f"file names {data['names']}" if "names" in data else None, data.get("root"),
                f"{data['images']:,} training images" if isinstance(data.get("images"), int) else None]
     return f"{kind} ({', '.join(str(d) for d in details if d is not None)})"
 
 
 def check_data(checkpoint: dict[str, Any], data: dict[str, Any] | None, source: str | Path = "checkpoint") -> None:
-    """Raise a ValueError when the checkpoint was trained on other data than ``data`` (kind, layout, root, images).
+    """Raise a ValueError when the checkpoint was trained on other data than ``data``.
 
+    Data are compared by what they are (:data:`DATA_KEYS`: kind, split sizes, fingerprint of the file names,
+    synthetic set, training images), never by where they sit, so the same CelebA at another path or in another
+    layout passes. Records from before the fingerprint (holding ``root``) compare kind, layout and training images.
     Checkpoints without a ``"data"`` setting (older ones, plain state dicts) and ``data=None`` always pass.
     """
     saved = checkpoint.get("settings", {}).get("data")
     if data is None or saved is None:
         return
-    if any(str(saved[k]) != str(data[k]) for k in DATA_KEYS if k in saved and k in data):
+    keys = DATA_KEYS if "names" in saved and "names" in data else LEGACY_DATA_KEYS
+    if any(str(saved[k]) != str(data[k]) for k in keys if k in saved and k in data):
         raise ValueError(
             f"{source} was trained on {_describe_data(saved)} but this run uses {_describe_data(data)}: train again "
             "with these data (resume=False), or point data_root at the data the weights were trained on."
@@ -119,7 +156,7 @@ def check_settings(
     data: dict[str, Any] | None = None,
 ) -> None:
     """Raise a ValueError listing how the checkpoint's settings differ from ``model``'s, or its weights' shapes,
-    or, given ``data`` (``{"kind", "layout", "root", "images"}``), how its training data differ (:func:`check_data`).
+    or, given ``data`` (``DatasetChoice.record()``), how its training data differ (:func:`check_data`).
     """
     model = getattr(model, "_orig_mod", model)
     expected = model.settings() if isinstance(model, VAE) else {}

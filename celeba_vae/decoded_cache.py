@@ -1,22 +1,23 @@
 """The decoded cache: each split decoded once into a uint8 ``.npy`` memory map, and batches drawn from it.
 
 :func:`build_decoded_cache` decodes a split's images (or a reproducible subset of them) through
-:meth:`celeba_files.CelebASource.iter_images` into ``{split}_{crop}.npy``, in parallel and atomically;
+:meth:`celeba_files.CelebASource.iter_images` into ``{split}_{crop}.npy``, on threads and atomically;
 :class:`CachedLoader` batches it with no per-image Python work, from GPU memory when the split fits there
 (see :mod:`gpu_budget`) and otherwise from pinned host memory, one batch ahead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import json
-import multiprocessing
 import os
 import platform
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,15 @@ from tqdm.auto import tqdm
 
 from celeba_vae import gpu_budget
 from celeba_vae.atomic_files import atomic_path, atomic_write
-from celeba_vae.celeba_files import CROP_SIZE, CelebAIndex, CelebASource, center_crop, find_celeba, read_index
+from celeba_vae.celeba_files import (
+    CROP_SIZE,
+    CelebAIndex,
+    CelebASource,
+    center_crop,
+    derived_folder,
+    find_celeba,
+    read_index,
+)
 
 CACHE_VERSION = 1
 CHUNK = 256
@@ -74,26 +83,74 @@ def _sample_checksum(images: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(images[picks]).tobytes()).hexdigest()
 
 
-def _open_valid_cache(data_path: Path, meta_path: Path, key: str, shape: tuple[int, ...]) -> np.ndarray | None:
+def _open_valid_cache(data_path: Path, meta_path: Path, key: str, shape: tuple[int, ...]) -> DecodedSplit | None:
+    """The cache ``meta_path`` describes (its images in ``data_path`` or the file its ``data_file`` names), if valid."""
     try:
         meta = json.loads(meta_path.read_text())
         if meta.get("key") != key or tuple(meta.get("shape", ())) != shape:
             return None
+        data_path = data_path.with_name(meta.get("data_file", data_path.name))
         images = np.load(data_path, mmap_mode="r")
         if images.shape != shape or images.dtype != np.uint8 or meta.get("checksum") != _sample_checksum(images):
             return None
-        return images
+        return DecodedSplit(images, None, [], data_path, key)
     except (OSError, ValueError, json.JSONDecodeError):
         return None
 
 
-def _decode_chunk(job: tuple[str, CelebASource, list[str], int, int]) -> int:
-    tmp_path, source, names, start, crop_size = job
-    out = np.load(tmp_path, mmap_mode="r+")
+def _free_data_path(data_path: Path, key: str) -> Path:
+    """Where the new cache goes: ``data_path`` once the stale file there is removed or, when another loader or
+    kernel still has that file memory-mapped (Windows refuses to remove or replace it), a name of its own."""
+    try:
+        data_path.unlink(missing_ok=True)
+        return data_path
+    except PermissionError:
+        other = data_path.with_name(f"{data_path.stem}.{key[:12]}.npy")
+    print(f"{data_path} is still in use (memory-mapped by another loader or notebook), so the rebuilt cache is "
+          f"written to {other.name}; the old file is removed by a later build once nothing holds it.")
+    try:
+        other.unlink(missing_ok=True)
+    except PermissionError as err:
+        raise OSError(f"cannot rebuild the decoded cache: {data_path} and {other} are both in use by other loaders or "
+                      "notebooks; close them (or restart their kernels) and run again") from err
+    return other
+
+
+def _remove_leftovers(data_path: Path, stem: str) -> None:
+    """Remove the earlier caches of ``stem`` (``{stem}.npy``, ``{stem}.*.npy``) other than ``data_path``, where
+    nothing holds them any more."""
+    for old in (data_path.with_name(f"{stem}.npy"), *data_path.parent.glob(f"{stem}.*.npy")):
+        if old != data_path:
+            with contextlib.suppress(OSError):
+                old.unlink(missing_ok=True)
+
+
+def _decode_chunk(out: np.ndarray, source: CelebASource, names: list[str], start: int, crop_size: int) -> int:
     for offset, img in enumerate(source.iter_images(names, crop_size)):
         out[start + offset] = center_crop(img, crop_size)
-    out.flush()
     return len(names)
+
+
+def _decode_all(out: np.ndarray, source: CelebASource, filenames: list[str], crop_size: int, workers: int,
+                bar: tqdm) -> None:
+    """Decode ``filenames`` into ``out`` in chunks, on ``workers`` threads (Pillow decodes without the GIL).
+
+    Threads start no process, so a learner's script needs no ``if __name__ == "__main__":`` guard; on an error
+    or an interrupt the chunks not yet started are cancelled.
+    """
+    chunk = max(1, min(CHUNK, -(-len(filenames) // max(workers, 1))))
+    starts = range(0, len(filenames), chunk)
+    if workers <= 1 or len(starts) == 1:
+        for s in starts:
+            bar.update(_decode_chunk(out, source, filenames[s:s + chunk], s, crop_size))
+        return
+    pool = ThreadPoolExecutor(min(workers, len(starts)), thread_name_prefix="decode")
+    try:
+        jobs = [pool.submit(_decode_chunk, out, source, filenames[s:s + chunk], s, crop_size) for s in starts]
+        for job in as_completed(jobs):
+            bar.update(job.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def build_decoded_cache(
@@ -110,10 +167,14 @@ def build_decoded_cache(
 ) -> DecodedSplit:
     """Decode ``split`` once into ``cache_dir/{split}_{crop}.npy`` (reused while source and crop are unchanged).
 
-    ``max_images=N`` decodes only N images of the split, chosen by :func:`subset_rows` from ``seed``, into
-    ``{split}_{crop}_n{N}_seed{seed}.npy``. The cache is built in parallel, written to a temporary file and
-    renamed into place; a stale, truncated or corrupted cache is detected (fingerprint of names, sizes and
-    mtimes; shape; sampled checksum) and rebuilt.
+    ``cache_dir=None`` means ``decoded_cache/`` beside the images, or in the writable cache when their folder is
+    read-only (:func:`celeba_files.derived_folder`). ``max_images=N`` decodes only N images of the split, chosen
+    by :func:`subset_rows` from ``seed``, into
+    ``{split}_{crop}_n{N}_seed{seed}.npy``. The images are decoded on ``num_workers`` threads (default: one per
+    CPU, at most 16; no process is started, so a script needs no ``if __name__ == "__main__":`` guard), written to
+    a temporary file and renamed into place; a stale, truncated or corrupted cache is detected (fingerprint of
+    names, sizes and mtimes; shape; sampled checksum) and rebuilt, beside the old file while another loader still
+    has that one memory-mapped (Windows cannot replace it then).
     """
     index = index if index is not None else read_index(find_celeba(root))
     filenames, attributes = index.split(split)
@@ -125,45 +186,45 @@ def build_decoded_cache(
         filenames = [filenames[i] for i in rows]
         attributes = None if attributes is None else attributes[rows]
         name += f"_n{len(rows)}_seed{seed}"
-    cache_dir = Path(cache_dir) if cache_dir is not None else index.source.image_dir.parent / "decoded_cache"
+    if cache_dir is None:
+        cache_dir = derived_folder(index.source.image_dir.parent) / "decoded_cache"
+    cache_dir = Path(cache_dir)
     data_path, meta_path = cache_dir / f"{name}.npy", cache_dir / f"{name}.json"
     shape = (len(filenames), 3, crop_size, crop_size)
     key = _fingerprint(index, split, filenames, crop_size)
-    images = _open_valid_cache(data_path, meta_path, key, shape)
-    if images is None:
-        images = _write_cache(index, filenames, crop_size, data_path, meta_path, key, shape, num_workers, progress)
-    return DecodedSplit(images, attributes, filenames, data_path, key)
+    cached = _open_valid_cache(data_path, meta_path, key, shape)
+    if cached is None:
+        cached = _write_cache(index, filenames, crop_size, data_path, meta_path, key, shape, num_workers, progress)
+    return DecodedSplit(cached.images, attributes, filenames, cached.path, key)
 
 
 def _write_cache(
     index: CelebAIndex, filenames: list[str], crop_size: int, data_path: Path, meta_path: Path, key: str,
     shape: tuple[int, ...], num_workers: int | None, progress: bool,
-) -> np.ndarray:
+) -> DecodedSplit:
+    stem = data_path.stem
     try:
         data_path.parent.mkdir(parents=True, exist_ok=True)
         meta_path.unlink(missing_ok=True)
     except OSError as err:
         raise OSError(f"cannot write the decoded cache in {data_path.parent} ({err.strerror or err}); "
                       "pass a writable cache_dir") from err
+    data_path = _free_data_path(data_path, key)
     with atomic_path(data_path) as tmp:
-        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape).flush()
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         workers = num_workers if num_workers is not None else min(os.cpu_count() or 1, 16)
-        jobs = [(str(tmp), index.source, filenames[s:s + CHUNK], s, crop_size)
-                for s in range(0, len(filenames), CHUNK)]
-        bar = tqdm(total=len(filenames), desc=f"decoding {data_path.stem}", unit="img", disable=not progress)
-        if workers <= 1 or len(jobs) == 1:
-            for job in jobs:
-                bar.update(_decode_chunk(job))
-        else:
-            with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-                for done in pool.imap_unordered(_decode_chunk, jobs):
-                    bar.update(done)
-        bar.close()
+        try:
+            with tqdm(total=len(filenames), desc=f"decoding {stem}", unit="img", disable=not progress) as bar:
+                _decode_all(out, index.source, filenames, crop_size, workers, bar)
+            out.flush()
+        finally:
+            del out  # unmapped before the rename or removal: Windows can do neither to a mapped file
     images = np.load(data_path, mmap_mode="r")
-    meta = {"key": key, "shape": list(shape), "checksum": _sample_checksum(images),
+    meta = {"key": key, "shape": list(shape), "checksum": _sample_checksum(images), "data_file": data_path.name,
             "source": str(index.source.image_dir)}
     atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
-    return images
+    _remove_leftovers(data_path, stem)
+    return DecodedSplit(images, None, [], data_path, key)
 
 
 @functools.cache
@@ -216,10 +277,11 @@ class CachedLoader:
     """Batches ``(images, attributes)`` from a :class:`DecodedSplit` with no per-image Python work.
 
     On CUDA the split goes to GPU memory once if it fits (:func:`gpu_budget.plan_placement`, printed in one
-    line; ``data_on_gpu`` = "auto", True or False); batches are then shuffled, gathered and converted there.
-    Otherwise each batch is gathered from the memory map into (pinned, on CUDA) host memory and copied one
-    batch ahead on a side stream. Images come out as float32 in [0, 1], exactly as ``ToTensor()`` makes them;
-    attributes as int64 on ``device``.
+    line; ``data_on_gpu`` = "auto", True or False); batches are then gathered and converted there. Otherwise each
+    batch and its labels are gathered from the memory map into (pinned, on CUDA) host buffers and copied one batch
+    ahead on a side stream. Either way the shuffled order comes from PyTorch's CPU generator, so a seed gives the
+    same batches wherever the split lives. Images come out as float32 in [0, 1], exactly as ``ToTensor()`` makes
+    them; attributes as int64 on ``device``.
     """
 
     def __init__(
@@ -275,20 +337,25 @@ class CachedLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.split)
+        # The order always comes from PyTorch's CPU generator, so one seed gives the same batches wherever the split is.
+        order = torch.randperm(n) if self.shuffle else torch.arange(n)
         if self.on_gpu:
-            order = torch.randperm(n, device=self.device) if self.shuffle else torch.arange(n, device=self.device)
+            order = order.to(self.device)
             for b in range(len(self)):
                 idx = order[b * self.batch_size:(b + 1) * self.batch_size]
                 yield self.images[idx].float().div_(255), self.attributes[idx].long()
         else:
-            yield from self._host_batches((torch.randperm(n) if self.shuffle else torch.arange(n)).numpy())
+            yield from self._host_batches(order.numpy())
 
     def _host_batches(self, order: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches gathered into two alternating host buffers, each copied while the one before is in use."""
         cuda = self.device.type == "cuda"
         stream = torch.cuda.Stream(self.device) if cuda else None
-        shape = (min(self.batch_size, len(self.split)), *self.split.images.shape[1:])
-        buffers = [torch.empty(shape, dtype=torch.uint8, pin_memory=cuda) for _ in range(2)]
+        rows = min(self.batch_size, len(self.split))
+        buffers = [torch.empty((rows, *self.split.images.shape[1:]), dtype=torch.uint8, pin_memory=cuda)
+                   for _ in range(2)]
+        label_buffers = [torch.empty((rows, self.attributes.shape[1]), dtype=torch.uint8, pin_memory=cuda)
+                         for _ in range(2)]
         copied: list[torch.cuda.Event | None] = [None, None]
 
         def stage(b: int) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]:
@@ -298,7 +365,8 @@ class CachedLoader:
                 copied[slot].synchronize()
             host = buffers[slot][:len(idx)]
             np.take(self.split.images, idx, axis=0, out=host.numpy(), mode="clip")
-            labels = self.attributes[torch.from_numpy(idx)]
+            labels = label_buffers[slot][:len(idx)]
+            torch.index_select(self.attributes, 0, torch.from_numpy(idx), out=labels)
             if stream is None:
                 return host.to(self.device), labels.to(self.device), None
             with torch.cuda.stream(stream):

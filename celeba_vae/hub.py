@@ -31,6 +31,7 @@ HUB_REPO_ID = "flwrlabs/celeba"
 HUB_CONFIG = "img_align+identity+attr"
 HUB_FOLDER = "celeba-hub"
 HUB_CACHE_FOLDER = "datasets--flwrlabs--celeba"
+HUB_SIZE_GB = 11.7
 SPLIT_NAMES = ("train", "valid", "test")
 _SPLIT_OF_PREFIX = {"train": 0, "valid": 1, "validation": 1, "test": 2}
 _SPLIT_PREFIX = re.compile(r"(train|validation|valid|test)(?:[-_.]|$)")

@@ -3,15 +3,18 @@
 Jupyter with the kernel in ``notebooks/``, the repository root, papermill or ``run_lecture.py``: a relative path is
 relative to the repository root, so the defaults ``data`` and ``outputs`` are the repository's ``data/`` and
 ``outputs/``. The environment variables ``CELEBA_VAE_DATA`` and ``CELEBA_VAE_OUTPUTS`` point the defaults elsewhere.
+What is made from a read-only data folder (its decoded cache, an extracted zip) goes under ``CELEBA_VAE_CACHE``
+(default ``~/.cache/celeba-vae``), see :func:`writable_cache`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_ENV, OUTPUTS_ENV = "CELEBA_VAE_DATA", "CELEBA_VAE_OUTPUTS"
+DATA_ENV, OUTPUTS_ENV, CACHE_ENV = "CELEBA_VAE_DATA", "CELEBA_VAE_OUTPUTS", "CELEBA_VAE_CACHE"
 
 
 def project_path(path: str | Path | None, default: str) -> Path:
@@ -26,3 +29,15 @@ def project_path(path: str | Path | None, default: str) -> Path:
         path = os.environ.get(env) or default
     path = Path(path).expanduser()
     return path if path.is_absolute() else REPO_ROOT / path
+
+
+def writable_cache(folder: str | Path) -> Path:
+    """Where files made from the read-only data folder ``folder`` go: ``$CELEBA_VAE_CACHE/<name>-<fingerprint>``.
+
+    ``CELEBA_VAE_CACHE`` defaults to ``~/.cache/celeba-vae`` (a relative value is relative to the repository root);
+    the fingerprint of ``folder``'s absolute path keeps two data folders of the same name apart.
+    """
+    folder = Path(folder).expanduser().resolve()
+    base = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "celeba-vae").expanduser()
+    base = base if base.is_absolute() else REPO_ROOT / base
+    return base / f"{folder.name or 'root'}-{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}"

@@ -59,6 +59,12 @@ def _cuda_card(device: torch.device) -> str:
     return f"{torch.cuda.get_device_name(device)}, compute capability {major}.{minor}"
 
 
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether the CUDA card ``device`` (not the current one: ``cuda:1`` on a mixed machine) has native bf16,
+    i.e. compute capability 8.0 or newer; emulated bf16 on older cards is slow."""
+    return tuple(torch.cuda.get_device_capability(torch.device(device))) >= (8, 0)
+
+
 def choose_precision(precision: str, device: str | torch.device) -> Precision:
     """Resolve ``precision`` (``"auto"``, ``"bf16"``, ``"fp16"``, ``"fp32"`` or ``"tf32"``) for ``device``.
 
@@ -70,7 +76,7 @@ def choose_precision(precision: str, device: str | torch.device) -> Precision:
         raise ValueError(f"precision={precision!r} is not one of {', '.join(map(repr, PRECISIONS))}")
     if precision == "auto" and device.type == "cuda":
         card = _cuda_card(device)
-        if torch.cuda.is_bf16_supported(including_emulation=False):
+        if native_bf16(device):
             return Precision("bf16", f"{card}, native bf16", "cuda")
         return Precision("fp16", f"{card}, has no native bf16", "cuda")
     if precision == "auto":

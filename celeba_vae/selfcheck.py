@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib.util
 import io
-import resource
 import shutil
 import sys
 import tempfile
@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 
 import helper_train
+from celeba_vae.celeba_files import find_celeba, read_index
 from celeba_vae.decoded_cache import CachedLoader, DecodedSplit, build_decoded_cache
-from celeba_vae.precision import choose_precision
+from celeba_vae.precision import choose_precision, native_bf16
 from celeba_vae.synthetic import write_synthetic_celeba
 from helper_utils import get_device, set_all_seeds, set_deterministic
 from model import VAE
@@ -59,12 +60,12 @@ class PathResult:
 def supported_paths(device: torch.device) -> tuple[list[TrainPath], list[str]]:
     """The paths ``device`` supports, the fp32 reference first, and notes on those skipped and why."""
     if device.type == "cuda":
-        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-        fast = "bf16" if native_bf16 else "fp16"
+        has_bf16 = native_bf16(device)
+        fast = "bf16" if has_bf16 else "fp16"
         paths = [TrainPath("fp32", "fp32", data_on_gpu=True)]
-        paths += [TrainPath("bf16", "bf16", data_on_gpu=True)] if native_bf16 else []
+        paths += [TrainPath("bf16", "bf16", data_on_gpu=True)] if has_bf16 else []
         paths += [TrainPath("fp16", "fp16", data_on_gpu=True), TrainPath(f"{fast} streamed from host", fast)]
-        notes = [] if native_bf16 else ["bf16: skipped, this card has no native bf16"]
+        notes = [] if has_bf16 else ["bf16: skipped, this card has no native bf16"]
         if importlib.util.find_spec("triton") is None:
             return paths, [*notes, "torch.compile: skipped, triton is not installed"]
         return [*paths, TrainPath(f"{fast} + torch.compile", fast, compile=True, data_on_gpu=True)], notes
@@ -124,6 +125,18 @@ def peak_memory_mib(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     if device.type == "mps":
         return torch.mps.current_allocated_memory() / 2**20
+    return peak_host_mib()
+
+
+def peak_host_mib() -> float:
+    """This process's peak resident memory in MiB: ``resource`` on Linux and macOS, psutil on Windows (which has no
+    ``resource`` module)."""
+    try:
+        import resource
+    except ImportError:
+        import psutil
+
+        return psutil.Process().memory_info().peak_wset / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
@@ -188,6 +201,55 @@ def resume_mismatch(split: DecodedSplit, device: torch.device, batch_size: int, 
     return None
 
 
+Row = tuple[str, str, str, str, str, bool]
+
+
+def _check_rows(folder: Path, device: torch.device, paths: list[TrainPath], steps: int, batch_size: int,
+                num_images: int, resume_epochs: int, resume_batches: int) -> list[Row]:
+    """The table's rows: the resume check, then every path, trained on synthetic faces written under ``folder``.
+
+    The decoded split's memory map lives only inside this call, so the folder can be removed afterwards on Windows.
+    """
+    rows: list[Row] = []
+    write_synthetic_celeba(folder / "data", num_images=num_images, seed=SEED)
+    index = read_index(find_celeba(folder / "data"))
+    train_size = len(index.split("train")[0])
+    if train_size < batch_size:
+        raise ValueError(f"{num_images} synthetic faces give {train_size} training images, fewer than one batch "
+                         f"of {batch_size}: raise num_images or lower batch_size")
+    split = build_decoded_cache(folder / "data", "train", cache_dir=folder / "cache", num_workers=1,
+                                index=index, progress=False)
+    resume_precision = choose_precision("auto", device).name
+    try:
+        mismatch = resume_mismatch(split, device, batch_size, resume_epochs, resume_batches, folder)
+    except PATH_ERRORS as err:
+        mismatch = f"{type(err).__name__}: {err}"
+    rows.append((f"resume {resume_epochs}+{resume_epochs} vs {2 * resume_epochs} epochs ({resume_precision})",
+                 "-", "-", "-", mismatch or "identical", mismatch is None))
+    reference: float | None = None
+    for path in paths:
+        try:
+            result = train_path(path, split, device, steps, batch_size)
+        except PATH_ERRORS as err:
+            rows.append((path.name, "-", "-", "-", f"{type(err).__name__}: {err}", False))
+            continue
+        window = result.losses[-max(1, steps // 4):]
+        loss = sum(window) / len(window)
+        reference = loss if reference is None and path.precision == "fp32" else reference
+        deviation = abs(loss - reference) / reference if reference is not None else float("inf")
+        rows.append((path.name, f"{result.images_per_s:,.1f}", f"{result.peak_mib:,.0f} MiB", f"{loss:,.3f}",
+                     "reference" if path is paths[0] else f"{deviation:.3%}", deviation <= TOLERANCE))
+    return rows
+
+
+def remove_scratch_folder(folder: Path) -> None:
+    """Remove ``folder`` after the memory maps into it are released (Windows keeps mapped files); say what is left."""
+    gc.collect()
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.exists():
+        print(f"  note: could not remove every file of {folder} (still in use); delete it by hand")
+
+
 def run_self_check(device: str | torch.device | None = None, steps: int | None = None, batch_size: int | None = None,
                    num_images: int | None = None, resume_epochs: int = 1, resume_batches: int = 3) -> bool:
     """Check every path ``device`` (default: the best available) supports and the resume; print one table.
@@ -209,36 +271,10 @@ def run_self_check(device: str | torch.device | None = None, steps: int | None =
     for note in notes:
         print(f"  note: {note}")
     folder = Path(tempfile.mkdtemp(prefix="celeba-selfcheck-"))
-    rows: list[tuple[str, str, str, str, str, bool]] = []
     try:
-        write_synthetic_celeba(folder / "data", num_images=num_images, seed=SEED)
-        split = build_decoded_cache(folder / "data", "train", cache_dir=folder / "cache", num_workers=1,
-                                    progress=False)
-        if len(split) < batch_size:
-            raise ValueError(f"{num_images} synthetic faces give {len(split)} training images, fewer than one batch "
-                             f"of {batch_size}: raise num_images or lower batch_size")
-        resume_precision = choose_precision("auto", device).name
-        try:
-            mismatch = resume_mismatch(split, device, batch_size, resume_epochs, resume_batches, folder)
-        except PATH_ERRORS as err:
-            mismatch = f"{type(err).__name__}: {err}"
-        rows.append((f"resume {resume_epochs}+{resume_epochs} vs {2 * resume_epochs} epochs ({resume_precision})",
-                     "-", "-", "-", mismatch or "identical", mismatch is None))
-        reference: float | None = None
-        for path in paths:
-            try:
-                result = train_path(path, split, device, steps, batch_size)
-            except PATH_ERRORS as err:
-                rows.append((path.name, "-", "-", "-", f"{type(err).__name__}: {err}", False))
-                continue
-            window = result.losses[-max(1, steps // 4):]
-            loss = sum(window) / len(window)
-            reference = loss if reference is None and path.precision == "fp32" else reference
-            deviation = abs(loss - reference) / reference if reference is not None else float("inf")
-            rows.append((path.name, f"{result.images_per_s:,.1f}", f"{result.peak_mib:,.0f} MiB", f"{loss:,.3f}",
-                         "reference" if path is paths[0] else f"{deviation:.3%}", deviation <= TOLERANCE))
+        rows = _check_rows(folder, device, paths, steps, batch_size, num_images, resume_epochs, resume_batches)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_scratch_folder(folder)
     print(f"{'path':<34}{'images/s':>12}{'memory':>14}{'loss':>14}  {'vs fp32':<18}result")
     for name, speed, peak, loss, deviation, ok in rows:
         print(f"{name:<34}{speed:>12}{peak:>14}{loss:>14}  {deviation:<18}{'OK' if ok else 'FAIL'}")

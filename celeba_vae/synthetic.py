@@ -9,12 +9,12 @@ so that they are visible. Files and annotations follow the real CelebA formats, 
 from __future__ import annotations
 
 import io
-import multiprocessing
 import os
 import shutil
 import tempfile
 import zipfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -207,6 +207,8 @@ def write_synthetic_celeba(
     Layouts: ``torchvision`` (root/celeba/img_align_celeba + 5 text files), ``flat`` (no celeba/ level),
     ``kaggle`` (nested image folder + CSV files), ``zip`` (root/celeba/img_align_celeba.zip + text files) and
     ``bare`` (root/img_align_celeba/*.jpg only). The partition follows the official proportions, in file order.
+    Faces are drawn and encoded on one thread per CPU (no process is started, so a script calling this needs no
+    ``if __name__ == "__main__":`` guard).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r} is not one of {LAYOUTS}")
@@ -226,11 +228,12 @@ def write_synthetic_celeba(
     staging = Path(tempfile.mkdtemp()) if layout == "zip" else image_dir
     staging.mkdir(parents=True, exist_ok=True)
     text_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(staging, names[s:s + CHUNK], attributes[s:s + CHUNK], params[s:s + CHUNK], base, s)
-            for s in range(0, num_images, CHUNK)]
+    chunk = max(1, min(CHUNK, -(-num_images // (os.cpu_count() or 1))))
+    jobs = [(staging, names[s:s + chunk], attributes[s:s + chunk], params[s:s + chunk], base, s)
+            for s in range(0, num_images, chunk)]
     if _pool_size(len(jobs)) > 1:
-        with multiprocessing.get_context("spawn").Pool(_pool_size(len(jobs))) as pool:
-            pool.map(_write_chunk, jobs)
+        with ThreadPoolExecutor(_pool_size(len(jobs)), thread_name_prefix="synthetic-faces") as pool:
+            list(pool.map(_write_chunk, jobs))
     else:
         for job in jobs:
             _write_chunk(job)

@@ -67,3 +67,17 @@ def test_benchmark_reports_cpu_precision_side_by_side(
         assert (run["fp32_loss"], run["bf16_loss"]) == (precision["fp32_loss"], precision["bf16_loss"])
     assert precision["bf16_speedup"] == statistics.median(r["bf16_img_s"] / r["fp32_img_s"] for r in precision["runs"])
     assert precision["loss_relative_difference"] < 0.05
+
+
+def test_decode_benchmark_prints_a_median_per_worker_count(celeba_root: Path, capsys: pytest.CaptureFixture) -> None:
+    before = snapshot(celeba_root)
+    script = BENCHMARK.with_name("benchmark_decode.py")
+    spec = importlib.util.spec_from_file_location("benchmark_decode", script)
+    assert spec is not None and spec.loader is not None
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    assert benchmark.main([str(celeba_root), "--workers", "1", "2", "--repeats", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["1 worker(s)", "2 worker(s)"]
+    assert all("images/s" in line and "CPU s per 1,000 images" in line for line in lines)
+    assert snapshot(celeba_root) == before

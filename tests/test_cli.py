@@ -135,3 +135,28 @@ def test_notebook_failing_half_way_is_summarized(tmp_path: Path) -> None:
     assert len(errors.strip().splitlines()) <= 4, errors
     assert "1_train_vae.ipynb failed in cell" in errors and "000002.jpg" in errors and str(executed) in errors
     assert "Traceback" in executed.read_text() or "traceback" in executed.read_text()
+
+
+def test_without_celeba_the_runner_and_the_notebooks_say_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import helper_data
+    import run_lecture
+    from helper_setup import start_notebook
+
+    (tmp_path / "data").mkdir()
+    monkeypatch.setenv("CELEBA_VAE_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(helper_data, "ATTACHED_DATASETS", (tmp_path / "kaggle",))
+    given: list[dict[str, object]] = []
+    monkeypatch.setattr(run_lecture, "run_notebook", lambda notebook, out, parameters: given.append(parameters))
+    args = ["--output-dir", str(tmp_path / "out"), "--device", "cpu", "--num-synthetic", "10"]
+    assert run_lecture.main(args) == 0
+    runner_said = capsys.readouterr().out
+    assert "CelebA was NOT found" in runner_said and str(tmp_path / "kaggle") in runner_said
+    assert {p["dataset"] for p in given} == {"auto"} and {p["data_root"] for p in given} == {str(tmp_path / "data")}
+    first = given[0]
+    start_notebook(first["dataset"], first["data_root"], first["output_dir"], device="cpu",
+                   random_seed=first["random_seed"], num_synthetic=first["num_synthetic"])
+    notebook_said = capsys.readouterr().out
+    banner = notebook_said[:notebook_said.rindex("=" * 100) + 100]
+    assert banner.count("=" * 100) == 2 and banner in runner_said

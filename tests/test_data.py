@@ -5,7 +5,10 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shlex
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,21 +19,20 @@ import torchvision
 from PIL import Image
 
 import helper_data
-from celeba_vae import celeba_files
+from celeba_vae import celeba_files, decoded_cache
+from celeba_vae.celeba_files import CELEBA_ATTRIBUTE_NAMES, find_celeba, read_index, split_of_file_number
+from celeba_vae.decoded_cache import build_decoded_cache
 from celeba_vae.synthetic import write_synthetic_celeba
 from helper_data import (
-    CELEBA_ATTRIBUTE_NAMES,
     CelebAFaces,
     attribute_index,
-    build_decoded_cache,
     compute_average_faces,
-    find_celeba,
     get_cached_dataloaders_celeba,
     get_dataloaders_celeba,
     prepare_dataset,
-    read_index,
-    split_of_file_number,
 )
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class UncheckedCelebA(torchvision.datasets.CelebA):
@@ -123,7 +125,7 @@ def test_bare_folder_uses_file_numbers_for_the_official_partition(tmp_path: Path
 
 def test_split_boundaries_and_sizes() -> None:
     assert [split_of_file_number(n) for n in (1, 162770, 162771, 182637, 182638, 202599)] == [0, 0, 1, 1, 2, 2]
-    assert sum(helper_data.OFFICIAL_SPLIT_SIZES.values()) == 202_599
+    assert sum(celeba_files.OFFICIAL_SPLIT_SIZES.values()) == 202_599
 
 
 def test_split_sizes_follow_the_partition_file(celeba_root: Path) -> None:
@@ -225,8 +227,8 @@ def _deny(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
 def test_unreadable_folder_says_what_to_do(celeba_copy: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     folder = celeba_copy if where == "root" else celeba_copy / "celeba" / "img_align_celeba"
     _deny(monkeypatch, folder)
-    expected = f"permission denied for {folder}: make it readable (e.g. chmod -R u+rX {folder};"
-    with pytest.raises(PermissionError, match=re.escape(expected) + ".*or point root at a copy you can read"):
+    expected = f"permission denied for {folder}: make it readable (e.g. chmod -R u+rX {folder}) or point root at a copy"
+    with pytest.raises(PermissionError, match=re.escape(expected)):
         CelebAFaces(celeba_copy)
     if where == "images":
         source = celeba_files.CelebASource("torchvision", folder, folder.parent / "list_attr_celeba.txt",
@@ -312,3 +314,138 @@ def test_lecture_loaders_take_the_same_subsets_as_the_fast_ones(celeba_copy: Pat
         chosen = [lecture_loader.dataset.dataset.filenames[i] for i in lecture_loader.dataset.indices]
         assert chosen == fast_loader.dataset.filenames
     assert [len(loader.dataset) for loader in lecture] == [10, 3, 3]
+
+
+# ----------------------------------------------------------------------------- one decision per data root
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Count the calls of ``name`` from the data helpers and the decoded cache (one list entry per call)."""
+    calls: list[int] = []
+    real = getattr(celeba_files, name)
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    for module in (helper_data, decoded_cache):
+        monkeypatch.setattr(module, name, counted, raising=False)
+    return calls
+
+
+def test_the_data_root_is_searched_and_its_index_read_once_for_every_split(
+    celeba_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    searches, index_reads = _count_calls(monkeypatch, "find_celeba"), _count_calls(monkeypatch, "read_index")
+    choice = prepare_dataset("celeba", celeba_copy)
+    assert (len(searches), len(index_reads)) == (1, 1)
+    loaders = get_cached_dataloaders_celeba(4, root=choice, cache_dir=tmp_path / "cache", num_workers=1,
+                                            progress=False)
+    helper_data.get_cached_dataloader("test", 4, root=choice, cache_dir=tmp_path / "cache", progress=False)
+    get_dataloaders_celeba(4, root=choice)
+    assert (len(searches), len(index_reads)) == (1, 1)
+    assert [len(loader.split) for loader in loaders] == [48, 6, 6]
+    get_cached_dataloaders_celeba(4, root=celeba_copy, cache_dir=tmp_path / "cache", progress=False)
+    assert (len(searches), len(index_reads)) == (2, 2)
+
+
+# ----------------------------------------------------------------------------- Kaggle, Colab, read-only data
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_a_read_only_data_folder_gets_its_zip_and_cache_in_the_writable_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = write_synthetic_celeba(tmp_path / "ro", num_images=12, seed=1, layout="zip")
+    before = _snapshot(root)
+    monkeypatch.setenv("CELEBA_VAE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(celeba_files, "can_write", lambda folder: not Path(folder).is_relative_to(root))
+    celeba_files._say_once.cache_clear()
+    choice = prepare_dataset("celeba", root)
+    train, _, _ = get_cached_dataloaders_celeba(4, root=choice, num_workers=1, progress=False)
+    assert _snapshot(root) == before
+    cache = next((tmp_path / "cache").iterdir())
+    assert choice.source.image_dir == cache / "img_align_celeba" and len(list(cache.glob("*/*.jpg"))) == 12
+    assert train.split.path.parent == cache / "decoded_cache"
+    lines = [line for line in capsys.readouterr().out.splitlines() if "read-only" in line]
+    expected = (f"{root / 'celeba'} is read-only: what is made from it (decoded cache, extracted zip) goes to "
+                f"{cache} ($CELEBA_VAE_CACHE moves it).")
+    assert lines == [expected]
+    assert len(CelebAFaces(root, "all")) == 12
+
+
+READ_ONLY_RUN = """
+import sys
+from pathlib import Path
+from helper_data import get_cached_dataloaders_celeba, prepare_dataset
+choice = prepare_dataset("celeba", sys.argv[1])
+train, _, _ = get_cached_dataloaders_celeba(4, root=choice, num_workers=1, progress=False)
+print("cache at", train.split.path.parent)
+"""
+
+
+def test_a_read_only_mount_is_never_written(tmp_path: Path) -> None:
+    if sys.platform != "linux" or os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a read-only bind mount needs root and unshare (chmod does not stop root's writes)")
+    root = write_synthetic_celeba(tmp_path / "mounted", num_images=12, seed=1, layout="zip")
+    before = _snapshot(root)
+    folder, python, code = shlex.quote(str(root)), shlex.quote(sys.executable), shlex.quote(READ_ONLY_RUN)
+    mount = f"mount --bind {folder} {folder} && mount -o remount,ro,bind {folder} {folder} && echo mounted read-only"
+    run = f"{mount} && {python} -c {code} {folder}"
+    done = subprocess.run(["unshare", "-m", "sh", "-c", run], capture_output=True, text=True, timeout=300, check=False,
+                          cwd=REPO, env={**os.environ, "CELEBA_VAE_CACHE": str(tmp_path / "cache"),
+                                         "PYTHONPATH": str(REPO)})
+    if "mounted read-only" not in done.stdout:
+        pytest.skip(f"this machine cannot make a read-only bind mount: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _snapshot(root) == before
+    cache = next((tmp_path / "cache").iterdir())
+    assert f"cache at {cache / 'decoded_cache'}" in done.stdout and "is read-only" in done.stdout
+
+
+def test_the_attached_kaggle_dataset_is_found_when_the_default_data_root_has_no_celeba(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attached = write_synthetic_celeba(tmp_path / "kaggle-input", num_images=12, seed=1, layout="kaggle")
+    monkeypatch.setenv("CELEBA_VAE_DATA", str(tmp_path / "default"))
+    monkeypatch.setattr(helper_data, "ATTACHED_DATASETS", (tmp_path / "absent", attached))
+    choice = prepare_dataset()
+    assert (choice.kind, choice.root, choice.layout) == ("celeba", attached, "kaggle")
+    assert choice.message == (f"CelebA is not in {tmp_path / 'default'}; using the copy found at {attached} "
+                              "(kaggle layout).")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert prepare_dataset("auto", elsewhere, num_synthetic=8).kind == "synthetic"
+    assert prepare_dataset("auto", elsewhere, search=[attached]).root == attached
+    with pytest.raises(FileNotFoundError, match=rf"(?s)not found under {elsewhere}.*Also searched: {tmp_path}"):
+        prepare_dataset("celeba", elsewhere, search=[tmp_path / "absent"])
+
+
+def test_without_celeba_the_banner_says_how_to_download_it_and_download_true_does(
+    tmp_path: Path, celeba_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "data").mkdir()
+    banner = " ".join(prepare_dataset("auto", tmp_path / "data", num_synthetic=8).message.split())
+    for text in ("download = True", "--download", "11.7 GB", "10 minutes", str(tmp_path / "data" / "celeba-hub"),
+                 "not on Google Drive"):
+        assert text in banner, text
+    asked: list[Path] = []
+
+    def fake_download(root: Path) -> celeba_files.CelebASource:
+        asked.append(root)
+        shutil.copytree(celeba_root / "celeba", root / "celeba")
+        return find_celeba(root)
+
+    monkeypatch.setattr(helper_data, "download_celeba", fake_download)
+    choice = prepare_dataset("auto", tmp_path / "data", download=True)
+    assert asked == [tmp_path / "data"] and choice.kind == "celeba"
+    assert prepare_dataset("auto", tmp_path / "data", download=True).kind == "celeba" and len(asked) == 1
+
+
+def test_a_damaged_celeba_is_reported_not_replaced_by_synthetic_faces(celeba_copy: Path) -> None:
+    (celeba_copy / "celeba" / "img_align_celeba" / "000003.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="names 1 image.*missing from .*000003.jpg"):
+        prepare_dataset("auto", celeba_copy)

@@ -6,6 +6,7 @@ import gc
 import multiprocessing
 import os
 import stat
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -15,16 +16,10 @@ import torch
 from PIL import Image
 
 import helper_data
-from celeba_vae import decoded_cache, synthetic
-from helper_data import (
-    CachedLoader,
-    CelebAFaces,
-    CelebASource,
-    build_decoded_cache,
-    find_celeba,
-    get_cached_dataloaders_celeba,
-    read_index,
-)
+from celeba_vae import celeba_files, decoded_cache, synthetic
+from celeba_vae.celeba_files import CelebASource, find_celeba, read_index
+from celeba_vae.decoded_cache import CachedLoader, build_decoded_cache
+from helper_data import CelebAFaces, get_cached_dataloaders_celeba
 
 
 def _all_items(dataset: CelebAFaces) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,9 +55,9 @@ def test_cache_is_reused_then_rebuilt_when_stale_or_corrupted(celeba_copy: Path)
     Image.open(victim).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(victim, quality=95)
     rebuilt = build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False)
     assert not np.array_equal(rebuilt.images[0], first.images[0])
-    assert np.array_equal(rebuilt.images[0], helper_data.decode_cropped(victim))
+    assert np.array_equal(rebuilt.images[0], celeba_files.decode_cropped(victim))
 
-    expected = np.stack([helper_data.decode_cropped(victim.parent / n) for n in rebuilt.filenames])
+    expected = np.stack([celeba_files.decode_cropped(victim.parent / n) for n in rebuilt.filenames])
     size = rebuilt.path.stat().st_size
     del first, rebuilt
     with open(celeba_copy / "celeba" / "decoded_cache" / "valid_128.npy", "r+b") as f:
@@ -105,36 +100,50 @@ def test_cache_folder_not_writable(celeba_copy: Path, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def windows_like_multiprocessing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Make ``multiprocessing.get_context`` behave as on Windows (no "fork"); return the start methods asked for."""
-    real = multiprocessing.get_context
-    asked: list[str] = []
+def no_new_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail any attempt to start a process: a spawned worker re-runs a learner's unguarded script."""
 
-    def get_context(method: str | None = None) -> multiprocessing.context.BaseContext:
-        asked.append(str(method))
-        if method == "fork":
-            raise ValueError("cannot find context for 'fork'")
-        return real(method)
+    def refuse(self: multiprocessing.process.BaseProcess) -> None:
+        raise AssertionError(f"a process was started ({self.name}); decoding must work without the caller's guard")
 
-    monkeypatch.setattr(multiprocessing, "get_context", get_context)
-    return asked
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
 
 
-def test_parallel_cache_build_works_without_fork(celeba_copy: Path, windows_like_multiprocessing: list[str],
-                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parallel_cache_build_uses_threads_and_equals_the_serial_one(
+    celeba_copy: Path, no_new_processes: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(decoded_cache, "CHUNK", 8)
+    threads: set[str] = set()
+    real = decoded_cache.center_crop
+
+    def recording(img: Image.Image, crop_size: int = 128) -> np.ndarray:
+        threads.add(threading.current_thread().name)
+        return real(img, crop_size)
+
+    monkeypatch.setattr(decoded_cache, "center_crop", recording)
     parallel = build_decoded_cache(celeba_copy, "train", cache_dir=tmp_path / "a", num_workers=2, progress=False)
-    assert windows_like_multiprocessing == ["spawn"]
+    assert threads and all(name.startswith("decode") for name in threads)
+    threads.clear()
     serial = build_decoded_cache(celeba_copy, "train", cache_dir=tmp_path / "b", num_workers=1, progress=False)
+    assert threads == {threading.main_thread().name}
     assert parallel.path.read_bytes() == serial.path.read_bytes()
 
 
-def test_parallel_synthetic_faces_work_without_fork(windows_like_multiprocessing: list[str], tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_image_stops_the_parallel_build(celeba_copy: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decoded_cache, "CHUNK", 4)
+    victim = celeba_copy / "celeba" / "img_align_celeba" / read_index(find_celeba(celeba_copy)).split("train")[0][9]
+    victim.write_bytes(b"not a jpeg")
+    with pytest.raises(OSError, match=f"image .*{victim.name} is unreadable"):
+        build_decoded_cache(celeba_copy, "train", cache_dir=tmp_path / "cache", num_workers=2, progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_parallel_synthetic_faces_use_threads(no_new_processes: None, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(synthetic, "CHUNK", 8)
     monkeypatch.setattr(synthetic, "_pool_size", lambda jobs: 2)
     parallel = synthetic.write_synthetic_celeba(tmp_path / "parallel", num_images=20, seed=3)
-    assert windows_like_multiprocessing == ["spawn"]
     monkeypatch.setattr(synthetic, "_pool_size", lambda jobs: 1)
     serial = synthetic.write_synthetic_celeba(tmp_path / "serial", num_images=20, seed=3)
     files = sorted(p.relative_to(parallel) for p in parallel.rglob("*") if p.is_file())
@@ -181,7 +190,7 @@ def test_a_training_subset_decodes_only_its_images(
     assert subset.filenames == [names[i] for i in rows]
     assert attributes is not None and np.array_equal(subset.attributes, attributes[rows])
     folder = celeba_copy / "celeba" / "img_align_celeba"
-    assert np.array_equal(subset.images, np.stack([helper_data.decode_cropped(folder / n) for n in subset.filenames]))
+    assert np.array_equal(subset.images, np.stack([celeba_files.decode_cropped(folder / n) for n in subset.filenames]))
 
     again = build_decoded_cache(celeba_copy, "train", num_workers=1, progress=False, index=index, max_images=10,
                                 seed=1)

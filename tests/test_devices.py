@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
@@ -13,6 +15,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from celeba_vae import checkpoint as ckpt
 from celeba_vae.checkpoint import restore_rng_states, rng_states
+from celeba_vae.decoded_cache import CachedLoader, build_decoded_cache
 from celeba_vae.precision import choose_precision
 from helper_train import evaluate_vae, mean_image_baseline, train_vae_v1
 from helper_utils import set_all_seeds
@@ -23,13 +26,24 @@ class FakeAccelerator(TorchFunctionMode):
     """A ``kind`` ("cuda" or "mps") device on a CPU-only machine.
 
     Tensors moved or created there are CPU tensors that this mode tracks, and so is everything computed from them.
-    As on the real devices, a tracked tensor cannot become a NumPy array, and on MPS none can be float64.
+    As on the real devices, a tracked tensor cannot become a NumPy array, and on MPS none can be float64; random
+    tensors created there come from the device's own generator, not the CPU's. Host memory asked for pinned
+    (CUDA only) is tracked as pinned, and every non-blocking copy to the device from unpinned host memory, which
+    can corrupt a batch on MPS and blocks on CUDA, is listed in ``unpinned_non_blocking``.
     """
+
+    RANDOM = (torch.randperm, torch.rand, torch.randn, torch.randint)
 
     def __init__(self, kind: str) -> None:
         super().__init__()
         self.kind = kind
         self._tracked: dict[int, weakref.ref] = {}
+        self._pinned: set[int] = set()
+        self.generator = torch.Generator().manual_seed(987654321)
+        self.unpinned_non_blocking: list[tuple[int, ...]] = []
+
+    def _is_pinned(self, tensor: torch.Tensor) -> bool:
+        return tensor.untyped_storage().data_ptr() in self._pinned
 
     def holds(self, tensor: torch.Tensor) -> bool:
         """Whether ``tensor`` lives on the stand-in device."""
@@ -44,21 +58,35 @@ class FakeAccelerator(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = dict(kwargs or {})
+        if func is torch.Tensor.is_pinned:
+            return self._is_pinned(args[0])
+        pin = bool(kwargs.pop("pin_memory", False)) or func is torch.Tensor.pin_memory
+        if pin and self.kind != "cuda":
+            raise RuntimeError(f"pinned memory is a CUDA stand-in only, not {self.kind}")
         target = "cpu" if func is torch.Tensor.cpu else None
         if "device" in kwargs:
             kwargs["device"], target = self._retarget(kwargs["device"])
+        if func in self.RANDOM and target == self.kind and kwargs.get("generator") is None:
+            kwargs["generator"] = self.generator
         if func is torch.Tensor.to:
             moved = [self._retarget(a) for a in args[1:]]
             args = (args[0], *(value for value, _ in moved))
             target = next((t for _, t in moved if t is not None), target)
             if target == self.kind:
                 kwargs["copy"] = True
+                source = args[0]
+                if kwargs.get("non_blocking") and not self.holds(source) and not self._is_pinned(source):
+                    self.unpinned_non_blocking.append(tuple(source.shape))
+        if func is torch.Tensor.pin_memory:
+            func, args = torch.Tensor.clone, args[:1]
         inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         on_device = target == self.kind or (target is None and any(self.holds(t) for t in inputs))
         if func is torch.Tensor.numpy and on_device:
             raise TypeError(f"can't convert {self.kind}:0 device type tensor to numpy. Use Tensor.cpu() to copy the "
                             "tensor to host memory first.")
         result = func(*args, **kwargs)
+        if pin:
+            self._pinned.add(result.untyped_storage().data_ptr())
         if target == "cpu" and isinstance(result, torch.Tensor) and self.holds(result):
             result = result.clone()  # a copy to the host is a new tensor
         if on_device:
@@ -81,21 +109,49 @@ CARDS = {
 }
 
 
-@pytest.fixture
-def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Install the CUDA API of a card (by name, see ``CARDS``) over a CPU-only torch; bf16 is emulated below 8.0."""
+class FakeCudaMachine:
+    """The CUDA API of a machine with the ``cards`` named (see ``CARDS``), installed over a CPU-only torch.
 
-    def install(name: str) -> None:
-        capability = CARDS[name]
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
-        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
-                            lambda including_emulation=True: including_emulation or capability >= (8, 0))
-        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.zeros(16, dtype=torch.uint8)])
-        monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: None)
+    Card 0 is the current device; bf16 is emulated below compute capability 8.0; each card has a generator whose
+    state is a byte tensor, and setting the states of more cards than exist raises IndexError, as torch does.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, cards: tuple[str, ...]) -> None:
+        self.cards = cards
+        self.rng = [torch.full((16,), k, dtype=torch.uint8) for k in range(len(cards))]
+        cuda = torch.cuda
+        monkeypatch.setattr(cuda, "is_available", lambda: True)
+        monkeypatch.setattr(cuda, "device_count", lambda: len(cards))
+        monkeypatch.setattr(cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(cuda, "get_device_name", lambda device=None: cards[self.index(device)])
+        monkeypatch.setattr(cuda, "get_device_capability", lambda device=None: CARDS[cards[self.index(device)]])
+        monkeypatch.setattr(cuda, "is_bf16_supported", lambda including_emulation=True: (
+            including_emulation or CARDS[cards[0]] >= (8, 0)))
+        monkeypatch.setattr(cuda, "get_rng_state", lambda device="cuda": self.rng[self.index(device)].clone())
+        monkeypatch.setattr(cuda, "get_rng_state_all", lambda: [state.clone() for state in self.rng])
+        monkeypatch.setattr(cuda, "set_rng_state", self.set_rng_state)
+        monkeypatch.setattr(cuda, "set_rng_state_all", lambda states: [
+            self.set_rng_state(state, k) for k, state in enumerate(states)])
         # the optimizers' CUDA-graph check would ask the (absent) driver for its current stream
         monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: None)
+
+    def index(self, device: int | str | torch.device | None) -> int:
+        """The card ``device`` names (the current one, 0, when it names none); IndexError past the last card."""
+        index = device if isinstance(device, int) else torch.device(device or "cuda").index or 0
+        if index >= len(self.cards):
+            raise IndexError(f"device index {index} out of range for {len(self.cards)} CUDA device(s)")
+        return index
+
+    def set_rng_state(self, state: torch.Tensor, device: int | str | torch.device = "cuda") -> None:
+        self.rng[self.index(device)] = state.clone()
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Install the CUDA API of a machine with the cards named (by name, see ``CARDS``) over a CPU-only torch."""
+
+    def install(*cards: str) -> FakeCudaMachine:
+        return FakeCudaMachine(monkeypatch, cards)
 
     return install
 
@@ -291,3 +347,189 @@ def test_resume_on_a_gpu_restores_the_rng_states(monkeypatch: pytest.MonkeyPatch
     assert "1 of 2 epochs already done" in capsys.readouterr().out
     assert log["epoch"] == [1, 2]
     assert ckpt.load_checkpoint(path)["epoch"] == 2
+
+
+def test_bf16_is_decided_for_the_training_card_not_the_current_one(fake_cuda: Any) -> None:
+    fake_cuda("Tesla T4", "NVIDIA H100 80GB HBM3")
+    on_h100 = choose_precision("auto", "cuda:1")
+    assert (on_h100.name, on_h100.reason) == ("bf16", "NVIDIA H100 80GB HBM3, compute capability 9.0, native bf16")
+    assert choose_precision("auto", "cuda:0").name == "fp16"
+    from celeba_vae.selfcheck import supported_paths
+
+    assert "bf16" in {path.precision for path in supported_paths(torch.device("cuda:1"))[0]}
+    assert "bf16" not in {path.precision for path in supported_paths(torch.device("cuda:0"))[0]}
+
+
+def test_a_checkpoint_from_two_gpus_resumes_on_one(fake_cuda: Any, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "checkpoint.pt"
+    two_cards = fake_cuda("Tesla T4", "Tesla T4")
+    with FakeAccelerator("cuda"):
+        model = RecordingVAE()
+        train_vae_v1(1, model, torch.optim.Adam(model.parameters()), "cuda", _batches(1), checkpoint_path=path,
+                     progress=False)
+    saved = two_cards.rng[0].clone()
+    one_card = fake_cuda("Tesla T4")
+    one_card.rng[0] = torch.full((16,), 99, dtype=torch.uint8)
+    restored: list[torch.Tensor] = []
+    real_set = one_card.set_rng_state
+
+    def spy(state: torch.Tensor, device: Any = "cuda") -> None:
+        restored.append(state.clone())
+        real_set(state, device)
+
+    one_card.set_rng_state = spy  # type: ignore[method-assign]
+    torch.cuda.set_rng_state = spy  # restored by the fixture's monkeypatch
+    with FakeAccelerator("cuda"):
+        model = RecordingVAE()
+        log = train_vae_v1(2, model, torch.optim.Adam(model.parameters()), "cuda", _batches(1), checkpoint_path=path,
+                           resume=True, progress=False)
+    assert log["epoch"] == [1, 2] and "1 of 2 epochs already done" in capsys.readouterr().out
+    assert len(restored) == 1 and torch.equal(restored[0], saved)
+
+
+def test_the_training_cards_generator_is_the_one_restored(fake_cuda: Any) -> None:
+    two_cards = fake_cuda("Tesla T4", "NVIDIA H100 80GB HBM3")
+    states = rng_states("cuda:1")
+    assert torch.equal(states["cuda_training"], two_cards.rng[1])
+    one_card = fake_cuda("NVIDIA H100 80GB HBM3")
+    restore_rng_states(states, "cuda:0")
+    assert torch.equal(one_card.rng[0], two_cards.rng[1])
+
+
+def test_a_card_the_checkpoint_has_no_state_for_is_said(fake_cuda: Any, capsys: pytest.CaptureFixture) -> None:
+    fake_cuda("Tesla T4")
+    states = rng_states()
+    second = fake_cuda("Tesla T4", "Tesla T4")
+    before = second.rng[1].clone()
+    restore_rng_states(states, "cuda:1")
+    assert "no CUDA generator state for cuda:1" in capsys.readouterr().out
+    assert torch.equal(second.rng[1], before)
+
+
+@pytest.fixture
+def fake_mps_generator(monkeypatch: pytest.MonkeyPatch) -> torch.Generator:
+    """An MPS generator over a CPU-only torch: ``torch.mps.get_rng_state``/``set_rng_state`` read and set it."""
+    generator = torch.Generator().manual_seed(11)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda device="mps": generator.get_state())
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda state, device="mps": generator.set_state(state))
+    return generator
+
+
+def test_resume_on_mps_restores_the_mps_generator(fake_mps_generator: torch.Generator) -> None:
+    states = rng_states()
+    assert "mps" in states
+    expected = torch.rand(4, generator=fake_mps_generator)
+    restore_rng_states(states, "mps")
+    assert torch.equal(torch.rand(4, generator=fake_mps_generator), expected)
+
+
+def test_training_on_mps_never_copies_unpinned_memory_without_blocking() -> None:
+    model = VAE(latent_dim=8)
+    with FakeAccelerator("mps") as mps:
+        train_vae_v1(1, model, torch.optim.Adam(model.parameters()), "mps", _batches(), valid_loader=_batches(1),
+                     progress=False)
+        evaluate_vae(model, _batches(1), "mps")
+    assert mps.unpinned_non_blocking == []
+
+
+def test_pinned_batches_are_still_copied_without_blocking_on_cuda(fake_cuda: Any) -> None:
+    fake_cuda("NVIDIA H100 80GB HBM3")
+    with FakeAccelerator("cuda") as cuda:
+        pinned = torch.empty(2, 3, dtype=torch.uint8, pin_memory=True)
+        calls: list[bool] = []
+        real_to = torch.Tensor.to
+
+        class Spy(TorchFunctionMode):
+            def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+                if func is real_to:
+                    calls.append(bool((kwargs or {}).get("non_blocking")))
+                return func(*args, **(kwargs or {}))
+
+        from helper_train import to_device
+
+        with Spy():
+            moved = to_device(pinned, torch.device("cuda"))
+            to_device(torch.zeros(2), torch.device("cuda"))
+        assert cuda.holds(moved) and calls == [True, False]
+
+
+class _FakeStream:
+    def wait_event(self, event: Any) -> None:
+        pass
+
+
+class _FakeEvent:
+    def record(self, stream: Any = None) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+
+@pytest.fixture
+def cuda_loader_machine(fake_cuda: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA card of 80 GB with the streams and events the cached loader uses, and uploads as plain copies."""
+    from celeba_vae import decoded_cache, gpu_budget
+
+    fake_cuda("NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda tensor, stream: None)
+    monkeypatch.setattr(gpu_budget, "free_gpu_bytes", lambda device: 80 << 30)
+    monkeypatch.setattr(decoded_cache, "_upload", lambda images, device: torch.from_numpy(np.array(images)).to(device))
+
+
+def test_streamed_batches_copy_images_and_labels_from_pinned_memory(celeba_root: Path, cuda_loader_machine: None,
+                                                                    tmp_path: Path) -> None:
+    split = build_decoded_cache(celeba_root, "train", cache_dir=tmp_path, num_workers=1, progress=False)
+    with FakeAccelerator("cuda") as cuda:
+        loader = CachedLoader(split, batch_size=16, device="cuda", data_on_gpu=False)
+        batches = list(loader)
+        assert all(cuda.holds(images) and cuda.holds(labels) for images, labels in batches)
+    assert cuda.unpinned_non_blocking == []
+    labels = torch.cat([labels for _, labels in batches])
+    assert torch.equal(labels, torch.from_numpy(split.attributes).long())
+
+
+def test_one_seed_gives_one_order_wherever_the_split_lives(celeba_root: Path, cuda_loader_machine: None,
+                                                          tmp_path: Path) -> None:
+    split = build_decoded_cache(celeba_root, "train", cache_dir=tmp_path, num_workers=1, progress=False)
+    orders = {}
+    with FakeAccelerator("cuda"):
+        for data_on_gpu in (True, False):
+            loader = CachedLoader(split, batch_size=16, shuffle=True, device="cuda", data_on_gpu=data_on_gpu)
+            assert loader.on_gpu == data_on_gpu
+            torch.manual_seed(5)
+            # host batches come in row order within a batch: compare each batch's images as a set
+            orders[data_on_gpu] = [images.flatten(1).sum(1).sort().values.cpu() for images, _ in loader]
+    assert all(torch.equal(gpu, host) for gpu, host in zip(orders[True], orders[False], strict=True))
+
+
+def test_adam_is_fused_only_on_cuda(fake_cuda: Any, capsys: pytest.CaptureFixture) -> None:
+    from helper_train import adam
+
+    model = VAE(latent_dim=8)
+    optimizer = adam(model, lr=1e-3)
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == 1e-3
+    assert not optimizer.defaults["fused"]
+    fake_cuda("Tesla T4")
+    with FakeAccelerator("cuda"):
+        train_vae_v1(1, model, optimizer, "cuda", _batches(1), progress=False)
+    assert "helper_train.adam(model, lr) (fused Adam)" in capsys.readouterr().out
+
+
+def test_the_benchmark_reports_the_card_it_runs_on(fake_cuda: Any) -> None:
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark_pipeline.py"
+    spec = importlib.util.spec_from_file_location("benchmark_pipeline", script)
+    assert spec is not None and spec.loader is not None
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    fake_cuda("Tesla T4", "NVIDIA H100 80GB HBM3")
+    assert benchmark.device_name(torch.device("cuda:1")) == "NVIDIA H100 80GB HBM3"
+    assert benchmark.device_name(torch.device("cuda:0")) == "Tesla T4"

@@ -22,7 +22,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from huggingface_hub.hf_api import RepoFile
 from PIL import Image
 
-from celeba_vae import decoded_cache
+from celeba_vae import celeba_files, decoded_cache, hub
 from celeba_vae.celeba_files import (
     CELEBA_ATTRIBUTE_NAMES,
     HubSource,
@@ -30,9 +30,10 @@ from celeba_vae.celeba_files import (
     find_celeba,
     read_index,
 )
+from celeba_vae.checkpoint import check_data
 from celeba_vae.decoded_cache import build_decoded_cache
 from celeba_vae.hub import HUB_CACHE_FOLDER, HUB_CONFIG, HUB_FOLDER, HUB_REPO_ID
-from helper_data import CelebAFaces, get_dataloaders_celeba
+from helper_data import CelebAFaces, get_cached_dataloaders_celeba, get_dataloaders_celeba, prepare_dataset
 
 SPLITS = ("train", "valid", "test")
 
@@ -327,3 +328,27 @@ def test_unreachable_hub_explains_the_manual_routes(tmp_path: Path, monkeypatch:
     assert f"{root}/celeba/" in message and "img_align_celeba.zip" in message and "list_eval_partition.txt" in message
     assert "jessicali9530/celeba-dataset" in message and "mmlab.ie.cuhk.edu.hk" in message
     assert not any(p.is_file() and p.suffix == ".parquet" for p in root.rglob("*"))
+
+
+# ----------------------------------------------------------------------------- one decision per data root
+
+
+def test_a_hub_root_is_searched_and_its_table_read_once_for_every_split(
+    hub_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    searches: list[Path] = []
+    real_search = celeba_files.find_hub_shards
+    monkeypatch.setattr(celeba_files, "find_hub_shards", lambda root: searches.append(root) or real_search(root))
+    hub._read_hub_table.cache_clear()
+    choice = prepare_dataset("celeba", hub_root)
+    loaders = get_cached_dataloaders_celeba(4, root=choice, cache_dir=tmp_path / "cache", num_workers=1,
+                                            progress=False)
+    assert searches == [hub_root] and hub._read_hub_table.cache_info().misses == 1
+    assert [len(loader.split) for loader in loaders] == [48, 6, 6]
+
+
+def test_weights_trained_on_the_jpegs_know_the_hub_copy_as_the_same_data(hub_root: Path, celeba_root: Path) -> None:
+    hub_record = prepare_dataset("celeba", hub_root).record()
+    jpeg_record = prepare_dataset("celeba", celeba_root).record()
+    assert hub_record["layout"] == "hub" and jpeg_record["layout"] == "torchvision"
+    check_data({"settings": {"data": jpeg_record}}, hub_record)

@@ -7,6 +7,7 @@ import torch
 
 from helper_data import attribute_index, compute_average_faces, get_cached_dataloaders_celeba
 from helper_latent import (
+    aligned_attributes_table,
     attribute_direction,
     attribute_means,
     decode,
@@ -122,3 +123,21 @@ def test_attribute_means_stop_at_the_cap_and_name_missing_attributes() -> None:
         capped.direction("Eyeglasses")
     with pytest.raises(ValueError, match="no CelebA attributes"):
         attribute_means([(images, torch.zeros(6, 0))], "cpu")
+
+
+def test_aligned_attributes_find_the_attribute_that_moves_along() -> None:
+    """Codes where Eyeglasses shifts dimension 0 and Smiling dimension 1; Male goes with glasses in the labels."""
+    index = torch.arange(400)
+    labels = ((index // 4) % 2).unsqueeze(1).repeat(1, 40)
+    glasses, male, smiling = (attribute_index(n) for n in ("Eyeglasses", "Male", "Smiling"))
+    labels[:, glasses] = labels[:, male] = index % 2
+    labels[:, smiling] = (index // 2) % 2
+    codes = torch.zeros(400, 8)
+    codes[:, 0] += 2 * labels[:, glasses]
+    codes[:, 1] += 2 * labels[:, smiling]
+    means = attribute_means([(codes, labels)], "cpu")
+    aligned = means.aligned_attributes("Eyeglasses", k=3)
+    assert aligned[0][0] == "Male" and aligned[0][1] > 0.99
+    assert all(abs(cosine) < 0.5 for _, cosine in aligned[1:])
+    table = aligned_attributes_table(means, ["Eyeglasses", "Smiling"], k=2).data
+    assert "| Eyeglasses | Male (+1.00)" in table and table.count("\n") == 3

@@ -270,3 +270,14 @@ def test_epoch_images_from_a_loader_are_fixed_by_the_seed(tmp_path: Path) -> Non
     assert torch.equal(first.images, images[:4]) and first.noise.shape == (4, 200)
     assert torch.equal(first.noise, again.noise)
     assert not torch.equal(first.noise, EpochImages.from_loader(loader, tmp_path, num_images=4, seed=4).noise)
+
+
+def test_a_long_run_prints_about_twenty_epoch_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    """A 41-epoch run prints the first, every third and the last epoch's line; the log keeps all 41."""
+    model = VAE(latent_dim=4)
+    batch = [(torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0)), torch.zeros(2))]
+    log = train_vae_v1(41, model, torch.optim.Adam(model.parameters()), "cpu", batch, progress=False,
+                       logging_interval=1)
+    printed = [int(line[10:13]) for line in capsys.readouterr().out.splitlines() if line.startswith("***Epoch")]
+    assert printed == [1, *range(3, 41, 3), 41]
+    assert log["epoch"] == list(range(1, 42))

@@ -1,8 +1,10 @@
-"""The four notebooks run as a learner runs them: Jupyter's kernel in notebooks/, CelebA in the repository's data/."""
+"""The four notebooks run as a learner runs them: Jupyter's kernel in notebooks/, CelebA in the repository's data/,
+the inline backend; their outputs checked as a learner sees them."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -21,9 +23,59 @@ def _files_under(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
+MAX_TEXT_LINES = 30
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
 def _printed(executed: Path) -> str:
     book = nbformat.read(executed, as_version=4)
     return "".join(o.get("text", "") for c in book.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def _text_lines(cell: nbformat.NotebookNode) -> list[str]:
+    """What a cell shows as plain text: printed output and values that have no richer form (image, table)."""
+    lines = []
+    for output in cell.outputs:
+        data = output.get("data", {})
+        if output.output_type == "stream":
+            lines += output.text.splitlines()
+        elif set(data) == {"text/plain"}:
+            lines += data["text/plain"].splitlines()
+    return lines
+
+
+def _images(cell: nbformat.NotebookNode) -> list[str]:
+    return [o.data[kind] for o in cell.outputs for kind in ("image/png", "image/gif") if kind in o.get("data", {})]
+
+
+def _widgets(cell: nbformat.NotebookNode) -> list[dict]:
+    return [o.data[WIDGET] for o in cell.outputs if WIDGET in o.get("data", {})]
+
+
+def check_as_a_learner_sees_it(executed: Path) -> None:
+    """Every figure shown once, no wall of text, tables and animations rendered, a recap and exercises at the end."""
+    book = nbformat.read(executed, as_version=4)
+    for number, cell in enumerate(book.cells):
+        if cell.cell_type != "code":
+            continue
+        where = f"{executed.name}, cell {number}:\n{cell.source}"
+        images = _images(cell)
+        assert len(images) == len(set(images)), f"the same image is shown twice in {where}"
+        text = _text_lines(cell)
+        if re.search(r"\b(plot_\w+|Image|latent_explorer)\(", cell.source) and not text:
+            assert images or _widgets(cell), f"no figure is shown, and nothing says why, by {where}"
+        assert len(text) <= MAX_TEXT_LINES, f"{len(text)} lines of text in {where}"
+        assert not any("PosixPath(" in line or line.startswith("{'") for line in text), where
+    headings = [c.source for c in book.cells if c.cell_type == "markdown"]
+    assert any("## Recap" in h for h in headings), f"no recap in {executed.name}"
+    exercises = next((h for h in headings if "## Try this" in h), "")
+    assert exercises.count("\n1. ") == 1 and "\n2. " in exercises, f"fewer than two exercises in {executed.name}"
+
+
+def _markdown(executed: Path) -> str:
+    book = nbformat.read(executed, as_version=4)
+    return "".join(o.get("data", {}).get("text/markdown", "") for c in book.cells if c.cell_type == "code"
+                   for o in c.outputs)
 
 
 @pytest.fixture
@@ -40,6 +92,7 @@ def checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PYTHONPATH", str(root))
     monkeypatch.delenv("CELEBA_VAE_DATA", raising=False)
     monkeypatch.delenv("CELEBA_VAE_OUTPUTS", raising=False)
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # Jupyter's inline backend, which shows what a cell leaves open
     return root
 
 
@@ -63,3 +116,22 @@ def test_notebooks_run_from_notebooks_folder_with_the_repository_data(checkout: 
     assert f"data: {checkout / 'data'}" in first and f"outputs: {outputs}" in first
     for notebook in NOTEBOOKS[1:]:
         assert "SYNTHETIC" not in _printed(executed / notebook)
+    for notebook in NOTEBOOKS:
+        check_as_a_learner_sees_it(executed / notebook)
+    assert "| test |" in _markdown(executed / NOTEBOOKS[0]), "the run summary is not shown as a table"
+    assert "| Smiling |" in _markdown(executed / NOTEBOOKS[2]), "the probe is not shown as a table"
+    assert "| Eyeglasses |" in _markdown(executed / NOTEBOOKS[3]), "the aligned directions are not shown"
+
+
+def test_reconstruction_term_weight_reaches_the_loss(checkout: Path, tmp_path: Path) -> None:
+    weight = 3.0
+    pm.execute_notebook(checkout / "notebooks" / NOTEBOOKS[0], tmp_path / NOTEBOOKS[0], cwd=str(checkout / "notebooks"),
+                        parameters={"device": "cpu", "batch_size": 32, "num_epochs": 1, "output_dir": "outputs/w3",
+                                    "reconstruction_term_weight": weight},
+                        progress_bar=False, kernel_name="python3")
+    run = json.loads((checkout / "outputs" / "w3" / "metrics.json").read_text())["runs"]["transpose"]
+    assert run["reconstruction_term_weight"] == weight
+    for split in ("train", "valid", "test"):
+        losses = run[split]
+        assert losses["combined"] == pytest.approx(weight * losses["reconstruction"] + losses["kl"], rel=1e-4), split
+        assert losses["combined"] > 1.5 * (losses["reconstruction"] + losses["kl"]), split

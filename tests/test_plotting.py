@@ -101,3 +101,41 @@ def test_faces_with_attributes_and_titles(tmp_path: Path, loader: list) -> None:
     titled = hp.plot_latent_summary(torch.randn(50, 10), title="Codes (SYNTHETIC faces, not CelebA)")
     assert titled._suptitle.get_text() == "Codes (SYNTHETIC faces, not CelebA)"
     assert hp.plot_latent_summary(torch.randn(50, 10))._suptitle is None
+
+
+def test_figures_are_closed_and_display_once_from_their_value(tmp_path: Path, loader: list) -> None:
+    """A figure left open in pyplot is shown by Jupyter's inline backend and again as the cell's value."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.core.pylabtools import select_figure_formats
+
+    model = VAE()
+    figures = [
+        hp.plot_training_loss([5.0, 4.0, 3.0], num_epochs=1),
+        hp.plot_faces_with_attributes(loader, ["Smiling"], n_images=2),
+        hp.plot_generated_images(loader, model, "cpu", modeltype="VAE", n_images=2),
+        hp.plot_images_sampled_from_vae(model, "cpu", 200, num_images=2),
+        hp.plot_latent_histograms(torch.randn(50, 4), num_dims=4),
+        hp.plot_latent_summary(torch.randn(50, 4)),
+        hp.plot_image_grid(torch.rand(2, 3, 16, 16), save_path=tmp_path / "g.png"),
+        hp.plot_modified_faces(torch.zeros(200), torch.ones(200), (0.0, 1.0), model.decoder, "cpu"),
+    ]
+    assert plt.get_fignums() == []
+    shell = InteractiveShell.instance()
+    select_figure_formats(shell, {"png"})
+    for fig in figures:
+        shown, _ = shell.display_formatter.format(fig)
+        assert shown["image/png"].startswith("iVBOR"), "the returned figure still renders as the cell's value"
+
+
+def test_a_script_with_a_gui_backend_keeps_the_figure_for_plt_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain script on a desktop (TkAgg, QtAgg, macosx) calls ``plt.show()`` after the helper: the figure must
+    still be open in pyplot then; under Agg or Jupyter's inline backend it is closed."""
+    monkeypatch.setattr(plt, "get_backend", lambda: "TkAgg")
+    fig = hp.plot_training_loss([5.0, 4.0, 3.0], num_epochs=1)
+    try:
+        assert plt.fignum_exists(fig.number)
+    finally:
+        plt.close(fig)
+    monkeypatch.setattr(plt, "get_backend", lambda: "module://matplotlib_inline.backend_inline")
+    fig = hp.plot_training_loss([5.0, 4.0, 3.0], num_epochs=1)
+    assert not plt.fignum_exists(fig.number)

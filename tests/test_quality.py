@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 from matplotlib.figure import Figure
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
@@ -22,11 +23,15 @@ from helper_explorer import explorer_image, latent_explorer, top_variance_dimens
 from helper_latent import decode, reconstruct
 from helper_probe import attribute_probe, plot_probe, probe_table
 from helper_quality import (
+    checkerboard_score,
     mean_power_spectrum,
     nyquist_power_ratio,
     plot_power_spectra,
     radial_power_spectrum,
     reconstruction_metrics,
+    run_record,
+    run_summary,
+    spectral_measures,
     spectral_report,
 )
 from model import VAE
@@ -166,13 +171,42 @@ def test_checkerboard_raises_the_nyquist_ratio_and_identical_sets_give_one() -> 
         nyquist_power_ratio(checkered, mean_power_spectrum(smooth_images(2, size=32)))
 
 
-def test_radial_spectrum_puts_a_sinusoid_at_its_frequency() -> None:
+def natural_images(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """Images with a natural-image spectrum (power ~ 1/f^2, random phases) around grey, in [0, 1]."""
+    noise = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    f = torch.fft.fftfreq(size)
+    radius = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2).clamp(min=1 / size)
+    field = torch.fft.ifft2(torch.fft.fft2(noise) / radius).real
+    return (0.5 + 0.1 * (field - field.mean()) / field.std()).clamp(0, 1)
+
+
+def test_checkerboard_score_sees_a_faint_stride_2_pattern_and_not_blur() -> None:
+    faces = natural_images(8)
+    blurred = TF.gaussian_blur(faces, kernel_size=9, sigma=2.0)
+    stripes = checkerboard(64)[:, :1].expand(64, 64)
+    assert 0.7 < checkerboard_score(faces) < 1.3
+    assert 0.7 < checkerboard_score(blurred) < 1.3, "blur lowers the Nyquist frequencies and their neighbours alike"
+    for pattern in (checkerboard(64), stripes, stripes.T):
+        assert checkerboard_score(faces + 0.01 * pattern) > 3
+        assert checkerboard_score(blurred + 0.01 * pattern) > 3
+    real = mean_power_spectrum(faces)
+    blurry_checkerboard = mean_power_spectrum(blurred + 0.01 * checkerboard(64))
+    assert nyquist_power_ratio(blurry_checkerboard, real) < 1, "the band ratio calls this blur and misses the pattern"
+    with pytest.raises(ValueError, match="even height and width"):
+        checkerboard_score(faces[..., :63])
+    with pytest.raises(ValueError, match="no power"):
+        checkerboard_score(torch.full((2, 3, 8, 8), 0.5))
+
+
+def test_radial_spectrum_puts_a_sinusoid_at_its_frequency_and_reaches_the_corner() -> None:
     x = torch.arange(64).float()
     image = torch.sin(2 * math.pi * 8 / 64 * x).expand(3, 64, 64)
     frequencies, power = radial_power_spectrum(mean_power_spectrum(image))
-    assert len(frequencies) == len(power) == 32
-    assert frequencies[0] == pytest.approx(1 / 64) and frequencies[-1] == pytest.approx(0.5)
+    assert len(frequencies) == len(power) == round(64 * math.sqrt(0.5))
+    assert frequencies[0] == pytest.approx(1 / 64) and frequencies[-1] == pytest.approx(math.sqrt(0.5), abs=1 / 64)
     assert frequencies[int(power.argmax())] == pytest.approx(8 / 64)
+    corner_peak = radial_power_spectrum(mean_power_spectrum(checkerboard(64).expand(3, 64, 64)))
+    assert corner_peak[0][int(corner_peak[1].argmax())] == pytest.approx(math.sqrt(0.5), abs=1 / 64)
 
 
 @pytest.mark.parametrize("decoder", ["transpose"])
@@ -183,15 +217,19 @@ def test_spectral_report_and_plot(tmp_path: Path, decoder: str) -> None:
     report = spectral_report(model, loader, "cpu", num_images=5, generator=torch.Generator().manual_seed(3))
     assert model.training
     assert report["num_images"] == 5
-    for key in ("reconstruction_nyquist_ratio", "sample_nyquist_ratio"):
-        assert math.isfinite(report[key]) and report[key] > 0
+    measures = spectral_measures(report)
+    assert set(measures) == {"reconstruction_nyquist_ratio", "sample_nyquist_ratio", "real_checkerboard_score",
+                             "reconstruction_checkerboard_score", "sample_checkerboard_score"}
+    assert all(math.isfinite(value) and value > 0 for value in measures.values())
     for key in ("radial_real", "radial_reconstructions", "radial_samples"):
-        assert report[key].shape == report["frequencies"].shape == (64,)
+        assert report[key].shape == report["frequencies"].shape == (round(128 * math.sqrt(0.5)),)
     again = spectral_report(model, loader, "cpu", num_images=5, generator=torch.Generator().manual_seed(3))
     assert again["sample_nyquist_ratio"] == report["sample_nyquist_ratio"]
     fig = plot_power_spectra({"transpose": report, "other": again}, save_path=tmp_path / "spectra.png")
     assert isinstance(fig, Figure)
-    assert len(fig.axes[0].get_lines()) == 1 + 2 * 2
+    assert len(fig.axes[0].get_lines()) == 1 + 2 * 2 + 1, "real faces, 2 curves per decoder, the Nyquist line"
+    assert fig.axes[0].get_xlim()[1] == pytest.approx(float(report["frequencies"][-1]))
+    assert not plt.fignum_exists(fig.number), "a figure left open in pyplot shows twice in Jupyter"
     assert (tmp_path / "spectra.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -217,7 +255,7 @@ def test_probe_reads_a_linear_attribute_and_not_noise(tmp_path: Path) -> None:
     assert 0.4 < by_name["noise"]["majority_accuracy"] < 0.6
     assert not by_name["constant_in_train"]["probeable"]
     assert math.isnan(by_name["constant_in_train"]["balanced_accuracy"])
-    table = probe_table(results)
+    table = probe_table(results).data
     assert table.count("\n") == 1 + len(names) and "not probeable" in table
     fig = plot_probe(results, save_path=tmp_path / "probe.png")
     assert len(fig.axes[0].patches) == len(names)
@@ -325,9 +363,26 @@ def test_decoder_comparison_table_has_losses_quality_and_spectra() -> None:
     runs = {d: {"epochs": 2, "test": {"reconstruction": r, "kl": 10.0, "combined": r + 10}}
             for d, r in (("transpose", 500.0), ("nearest", 480.0))}
     runs["nearest"]["test_quality"] = {"mse": 0.0123, "psnr": 19.1, "ssim": 0.512}
-    metrics = {"runs": runs, "spectra": {"nearest": {"reconstruction_nyquist_ratio": 0.41,
-                                                     "sample_nyquist_ratio": 0.2}}}
-    table = helper_quality.decoder_comparison_table(metrics).splitlines()
-    assert len(table) == 4 and table[0].count("|") == table[1].count("|") == table[2].count("|") == 11
-    assert table[2] == "| nearest | 2 | 480.00 | 10.00 | 490.00 | 0.01230 | 19.10 | 0.512 | 0.410 | 0.200 |"
-    assert table[3] == "| transpose | 2 | 500.00 | 10.00 | 510.00 | - | - | - | - | - |"
+    metrics = {"runs": runs, "spectra": {"nearest": {
+        "reconstruction_nyquist_ratio": 0.41, "sample_nyquist_ratio": 0.2, "real_checkerboard_score": 1.04,
+        "reconstruction_checkerboard_score": 0.98, "sample_checkerboard_score": 1.5}}}
+    table = helper_quality.decoder_comparison_table(metrics).data.splitlines()
+    assert len(table) == 5 and all(row.count("|") == 13 for row in table)
+    assert table[2] == ("| nearest | 2 | 480.00 | 10.00 | 490.00 | 0.01230 | 19.10 | 0.512 | 0.410 | 0.200 "
+                        "| 0.98 | 1.50 |")
+    assert table[3] == "| transpose | 2 | 500.00 | 10.00 | 510.00 | - | - | - | - | - | - | - |"
+    assert table[4].startswith("| real test faces |") and table[4].endswith("| 1.04 | |")
+
+
+def test_run_summary_is_a_short_table_of_the_recorded_run() -> None:
+    log = {f"{split}_{k}_loss_per_epoch": [v + 100, v] for split in ("train", "valid")
+           for k, v in (("reconstruction", 500.0), ("kl", 30.0), ("combined", 530.0))}
+    log["epoch"] = [1, 2]
+    quality = {"mse": 0.01, "psnr": 20.0, "ssim": 0.6, "num_images": 10}
+    run = run_record(log, {"reconstruction": 510.0, "kl": 31.0, "combined": 541.0}, quality, 2900.0,
+                     dataset="celeba")
+    assert run["train"] == run["valid"] == {"reconstruction": 500.0, "kl": 30.0, "combined": 530.0}
+    assert run["epochs"] == 2 and run["dataset"] == "celeba" and run["test_reconstruction_of_mean_image"] == 2900
+    text = run_summary(run).data
+    assert "| test | 510.0 | 31.0 | 541.0 |" in text and "2900.0" in text and "PSNR 20.0 dB" in text
+    assert len(text.splitlines()) <= 8

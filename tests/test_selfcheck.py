@@ -40,7 +40,7 @@ def test_a_loss_off_by_5_percent_fails(monkeypatch: pytest.MonkeyPatch, capsys: 
 
 def test_a_resume_that_loses_the_rng_state_fails(monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(helper_train, "restore_rng_states", lambda states: None)
+    monkeypatch.setattr(helper_train, "restore_rng_states", lambda states, device=None: None)
     assert selfcheck.run_self_check("cpu", steps=8, batch_size=8, num_images=60) is False
     resume_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("resume "))
     assert resume_row.rstrip().endswith("FAIL")
@@ -61,7 +61,7 @@ def test_a_batch_larger_than_the_data_is_refused() -> None:
 
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_cuda_paths(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0) if native_bf16 else (7, 5))
     paths, notes = selfcheck.supported_paths(torch.device("cuda"))
     fast = "bf16" if native_bf16 else "fp16"
     assert paths[0] == selfcheck.TrainPath("fp32", "fp32", data_on_gpu=True)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from celeba_vae.celeba_files import find_celeba, read_index
 from celeba_vae.checkpoint import save_checkpoint
 from celeba_vae.paths import REPO_ROOT, project_path
 from celeba_vae.recipes import RECIPES, choose_recipe
+from celeba_vae.synthetic import write_synthetic_celeba
 from helper_setup import start_notebook
 from model import VAE
 
@@ -54,13 +57,15 @@ def test_with_celeba_it_says_which_and_where(celeba_root: Path, tmp_path: Path, 
     printed = capsys.readouterr().out
     assert printed.startswith(f"Using CelebA (torchvision layout) from {celeba_root}")
     assert "SYNTHETIC" not in printed and setup.title("Samples") == "Samples"
-    assert setup.data.record(10) == {"kind": "celeba", "layout": "torchvision", "root": str(celeba_root), "images": 10}
+    identity = read_index(find_celeba(celeba_root)).identity()
+    assert setup.data.record(10) == {"kind": "celeba", "layout": "torchvision", "root": str(celeba_root), **identity,
+                                     "images": 10}
     assert setup.checkpoint == tmp_path / "out" / "transpose" / "checkpoint.pt"
 
 
 def test_auto_recipe_follows_device_and_data(capsys: pytest.CaptureFixture[str]) -> None:
     assert choose_recipe("auto", torch.device("cuda"), "celeba") == RECIPES["lecture"]
-    assert choose_recipe("auto", torch.device("mps"), "celeba") == RECIPES["lecture"]
+    assert choose_recipe("auto", torch.device("mps"), "celeba") == RECIPES["mps"]
     assert choose_recipe("auto", torch.device("cpu"), "synthetic") == RECIPES["demo"]
     capsys.readouterr()
     assert choose_recipe("auto", torch.device("cpu"), "celeba") == RECIPES["laptop"]
@@ -95,3 +100,26 @@ def test_weights_from_synthetic_faces_are_refused_once_celeba_is_there(
     with_celeba = start_notebook("auto", celeba_root, tmp_path / "out", device="cpu")
     with pytest.raises(ValueError, match=r"(?s)trained on synthetic.*synthetic-celeba-12-seed123.*uses CelebA"):
         with_celeba.load_model()
+
+
+def test_weights_travel_with_the_data_not_with_their_path(tmp_path: Path, celeba_root: Path) -> None:
+    trained = start_notebook("celeba", celeba_root, tmp_path / "out", device="cpu")
+    save_checkpoint(trained.checkpoint, VAE(), epoch=1, settings=trained.checkpoint_settings(trained.recipe, 48))
+    moved = write_synthetic_celeba(tmp_path / "moved", num_images=60, seed=7, layout="kaggle")
+    assert isinstance(start_notebook("celeba", moved, tmp_path / "out", device="cpu").load_model(), VAE)
+    subset = Path(shutil.copytree(celeba_root, tmp_path / "subset"))
+    partition = subset / "celeba" / "list_eval_partition.txt"
+    partition.write_text("".join(partition.read_text().splitlines(keepends=True)[:-1]))
+    other = start_notebook("celeba", subset, tmp_path / "out", device="cpu")
+    with pytest.raises(ValueError, match=rf"(?s)trained on CelebA \(torchvision layout, 48/6/6 .*{celeba_root}.*"
+                                         rf"uses CelebA \(torchvision layout, 48/6/5 .*{subset}"):
+        other.load_model()
+
+
+def test_older_checkpoints_recording_the_root_still_load_elsewhere(tmp_path: Path, celeba_root: Path) -> None:
+    legacy = {"kind": "celeba", "layout": "torchvision", "root": "/content/data", "images": 48}
+    path = save_checkpoint(tmp_path / "out" / "transpose" / "checkpoint.pt", VAE(), epoch=1, settings={"data": legacy})
+    assert isinstance(start_notebook("celeba", celeba_root, tmp_path / "out", device="cpu").load_model(), VAE)
+    save_checkpoint(path, VAE(), epoch=1, settings={"data": {**legacy, "layout": "kaggle"}})
+    with pytest.raises(ValueError, match="trained on CelebA \\(kaggle layout, /content/data"):
+        start_notebook("celeba", celeba_root, tmp_path / "out", device="cpu").load_model()

@@ -1,0 +1,336 @@
+"""Where a notebook runs (Colab, Kaggle or a local Jupyter) and what its first cell settles there.
+
+The notebooks' setup cell (written by :mod:`celeba_vae.notebook_cells` from ``REPO_URL`` and ``REPO_REF``) finds
+or fetches the project, puts it on ``sys.path`` and calls :func:`prepare`: only the missing dependencies are
+installed (never torch or torchvision, so a CUDA build is never replaced), the versions in use are printed, and
+so are the GPU, the precision training will use and an estimate of the time per epoch at the lecture's settings.
+:func:`output_folder` decides where outputs go: Google Drive when asked (Colab), ``/kaggle/working`` on Kaggle.
+
+Nothing here imports torch at module level: the setup cell imports this module before anything is installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.metadata
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from celeba_vae.paths import OUTPUTS_ENV, project_path
+
+if TYPE_CHECKING:
+    import torch
+
+REPO_URL = "https://github.com/YOUR-ACCOUNT/celeba-vae"
+REPO_REF = "main"
+REPO_ENV, REF_ENV = "CELEBA_VAE_REPO", "CELEBA_VAE_REF"
+CLONE_FOLDER = "celeba-vae"
+RUNTIMES = ("colab", "kaggle", "local")
+KAGGLE_WORKING = Path("/kaggle/working")
+COLAB_DRIVE = Path("/content/drive")
+DRIVE_FOLDER = "celeba-vae"
+NEVER_INSTALLED = ("torch", "torchvision")
+NOT_NEEDED_IN_A_KERNEL = ("jupyter", "ipykernel", "papermill", "nbformat")
+PYTORCH_INSTALL = "https://pytorch.org/get-started/locally/"
+GIB = 1 << 30
+
+_prepared: set[Path] = set()
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def detect_runtime(
+    environ: Mapping[str, str] | None = None,
+    importable: Callable[[str], bool] = _importable,
+    kaggle_working: Path = KAGGLE_WORKING,
+) -> str:
+    """``"colab"`` when ``google.colab`` can be imported, ``"kaggle"`` when ``KAGGLE_KERNEL_RUN_TYPE`` is set or
+    ``/kaggle/working`` exists, else ``"local"``."""
+    environ = os.environ if environ is None else environ
+    if importable("google.colab"):
+        return "colab"
+    if "KAGGLE_KERNEL_RUN_TYPE" in environ or kaggle_working.is_dir():
+        return "kaggle"
+    return "local"
+
+
+def project_requirements(root: Path) -> list[str]:
+    """The project's dependencies: ``[project.dependencies]`` of ``root/pyproject.toml``, or the installed
+    ``celeba-vae``'s where that file is missing or Python (3.10) has no ``tomllib``."""
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file() and sys.version_info >= (3, 11):
+        import tomllib
+
+        with open(pyproject, "rb") as file:
+            return tomllib.load(file)["project"]["dependencies"]
+    try:
+        return importlib.metadata.requires("celeba-vae") or []
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError(f"cannot tell which packages the project needs: {pyproject} cannot be read here and "
+                           "celeba-vae is not installed. Run `pip install -r requirements.txt` in "
+                           f"{root}") from None
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of ``distribution``, or ``None`` when it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def pip_install(requirements: list[str]) -> None:
+    """``python -m pip install`` the ``requirements`` into the running kernel's environment, with the installed
+    torch and torchvision pinned as constraints: pip stops with an error rather than replace them."""
+    pins = [f"{name}=={version}" for name in NEVER_INSTALLED if (version := installed_version(name))]
+    with tempfile.TemporaryDirectory() as folder:
+        constraints = Path(folder) / "constraints.txt"
+        constraints.write_text("\n".join(pins) + "\n")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--constraint", str(constraints),
+                        *requirements], check=True)
+
+
+def install_missing(
+    requirements: Iterable[str],
+    version_of: Callable[[str], str | None] = installed_version,
+    install: Callable[[list[str]], None] = pip_install,
+) -> list[str]:
+    """Install the ``requirements`` that are not installed at all, and return them.
+
+    torch and torchvision are never installed (a missing one is an error saying where to get it) and an installed
+    package is never replaced: one that the project would like newer is named in one line and kept, since
+    replacing a package the kernel may already have imported needs a restart. Jupyter's own packages
+    (``NOT_NEEDED_IN_A_KERNEL``) are skipped: the kernel running this already has what it needs.
+    """
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    missing = []
+    for text in requirements:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        if name in NOT_NEEDED_IN_A_KERNEL or (requirement.marker and not requirement.marker.evaluate()):
+            continue
+        version = version_of(requirement.name)
+        if version is None and name in NEVER_INSTALLED:
+            raise RuntimeError(f"{requirement.name} is not installed in this kernel ({sys.executable}). Install "
+                               f"PyTorch for your machine from {PYTORCH_INSTALL} (this setup never installs "
+                               "torch or torchvision, so as not to replace a CUDA build), then run this cell again.")
+        if version is None:
+            missing.append(str(requirement))
+        elif not requirement.specifier.contains(version, prereleases=True):
+            print(f"Kept {requirement.name} {version} as installed (the project asks for {requirement.specifier}; "
+                  "replacing it would need a kernel restart)")
+    if missing:
+        print(f"Installing what is missing: {', '.join(missing)}")
+        install(missing)
+        importlib.invalidate_caches()
+    else:
+        print("Dependencies: all installed")
+    return missing
+
+
+def versions_line() -> str:
+    """One line: the torch and torchvision in use (never replaced here) and the CUDA/cuDNN they run on."""
+    import torch
+    import torchvision
+
+    if torch.cuda.is_available():
+        backend = f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
+    elif torch.backends.mps.is_available():
+        backend = "Apple MPS"
+    else:
+        backend = "no GPU visible" + (f" (a CUDA {torch.version.cuda} build)" if torch.version.cuda else "")
+    return f"Using torch {torch.__version__} and torchvision {torchvision.__version__} as installed; {backend}"
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One CUDA card: its index, name, total memory in bytes and compute capability."""
+
+    index: int
+    name: str
+    total_bytes: int
+    capability: tuple[int, int]
+
+
+def cuda_gpus() -> list[GpuInfo]:
+    """The CUDA cards this kernel sees."""
+    import torch
+
+    gpus = []
+    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        props = torch.cuda.get_device_properties(index)
+        gpus.append(GpuInfo(index, props.name, props.total_memory, (props.major, props.minor)))
+    return gpus
+
+
+def gpu_lines(gpus: list[GpuInfo], used: int, free_bytes: int, precision: str, batch_size: int) -> list[str]:
+    """What the setup cell says about the cards: the one training uses (name, memory, compute capability), the
+    others when there are several, and where the lecture's decoded training split goes at ``precision``."""
+    from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES
+    from celeba_vae.gpu_budget import IMAGE_SHAPE, plan_placement
+
+    card = gpus[used]
+    memory = f"{card.total_bytes / GIB:.1f} GiB, {free_bytes / GIB:.1f} GiB free"
+    capability = ".".join(map(str, card.capability))
+    lines = [f"GPU: {card.name} (cuda:{card.index}), {memory}, compute capability {capability}"]
+    if len(gpus) > 1:
+        others = ", ".join(f"cuda:{g.index} {g.name}" for g in gpus if g.index != used)
+        lines.append(f"{len(gpus)} GPUs: training uses one, cuda:{card.index} (not split across cards); the other: "
+                     f"{others}; device='cuda:N' picks another")
+    train_bytes = OFFICIAL_SPLIT_SIZES["train"] * IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
+    placement = plan_placement(train_bytes, free_bytes, batch_size, precision, split="lecture's train")
+    lines.append(f"Fit: {placement.message}")
+    return lines
+
+
+@dataclass(frozen=True)
+class _OneBatch:
+    """A loader that serves the same batch forever (the timing runs on the GPU alone, not on the data)."""
+
+    images: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.images)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        labels = self.images.new_zeros(len(self.images), 40)
+        while True:
+            yield self.images, labels
+
+
+def measure_images_per_s(device: torch.device, batch_size: int, steps: int = 6, warmup: int = 2) -> float:
+    """Training images per second of the lecture's step (``train_vae_v1``, ``precision="auto"``) on ``device``,
+    timed over ``steps - warmup`` steps on one random batch already on the device; the memory is freed after."""
+    import torch
+
+    import helper_train
+    from celeba_vae.selfcheck import TimedBatches
+    from model import VAE
+
+    model = VAE()
+    batches = TimedBatches(_OneBatch(torch.rand(batch_size, 3, 128, 128, device=device)), steps, warmup, device)
+    with contextlib.redirect_stdout(io.StringIO()):
+        helper_train.train_vae_v1(1, model, torch.optim.Adam(model.parameters(), lr=5e-4), device, batches,
+                                  logging_interval=steps, skip_epoch_stats=True, progress=False)
+    rate = batches.images_per_s()
+    del model, batches
+    torch.cuda.empty_cache()
+    return rate
+
+
+def epoch_time_line(images_per_s: float, train_images: int, num_epochs: int, steps: int) -> str:
+    """The expected time per epoch and for ``num_epochs`` at ``images_per_s``, said to be an estimate."""
+    minutes = train_images / images_per_s / 60
+    return (f"Expected time per epoch at the lecture's settings: about {minutes:.1f} min ({num_epochs} epochs: about "
+            f"{minutes * num_epochs / 60:.1f} h). An estimate from {steps} timed training steps on this GPU; "
+            "the first epoch also decodes CelebA once, and validation adds a little")
+
+
+def report_device(estimate: bool = True) -> None:
+    """Print the GPU training will use (or how to get one), the precision, whether the lecture's data fits and,
+    with ``estimate``, the expected time per epoch measured from a few training steps."""
+    import torch
+
+    from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES
+    from celeba_vae.gpu_budget import free_gpu_bytes
+    from celeba_vae.precision import choose_precision
+    from celeba_vae.recipes import RECIPES
+
+    gpus = cuda_gpus()
+    if not gpus and torch.backends.mps.is_available():
+        print("No CUDA GPU: training runs on the Apple GPU (MPS)")
+        return
+    if not gpus:
+        print("No GPU: training runs on the CPU, where recipe='auto' picks the laptop recipe. For the lecture's "
+              "settings use a GPU: in Colab Runtime > Change runtime type > T4 GPU, on Kaggle Settings > Accelerator "
+              "> GPU; then run the notebook from the top")
+        return
+    lecture = RECIPES["lecture"]
+    device = torch.device("cuda", torch.cuda.current_device())
+    precision = choose_precision("auto", device)
+    for line in gpu_lines(gpus, device.index, free_gpu_bytes(device), precision.name, lecture.batch_size):
+        print(line)
+    print(precision.describe())
+    if estimate:
+        steps, warmup = 6, 2
+        rate = measure_images_per_s(device, lecture.batch_size, steps, warmup)
+        print(epoch_time_line(rate, OFFICIAL_SPLIT_SIZES["train"], lecture.num_epochs, steps - warmup))
+
+
+def prepare(root: str | Path, estimate: bool = True) -> None:
+    """What the setup cell calls once the project is on ``sys.path``: install what is missing, print the versions
+    and the device. A second call in the same kernel only says it was done."""
+    root = Path(root).resolve()
+    if root in _prepared:
+        print(f"Already set up: the project at {root}")
+        return
+    runtime = detect_runtime()
+    print(f"Runtime: {runtime} | project: {root}")
+    install_missing(project_requirements(root))
+    print(versions_line())
+    report_device(estimate)
+    _prepared.add(root)
+
+
+def mount_drive(mount_point: Path | None = None) -> Path:
+    """Mount Google Drive at ``mount_point`` (default ``COLAB_DRIVE``; Colab asks for permission once) unless it is
+    mounted already, and return its ``MyDrive``."""
+    from google.colab import drive
+
+    mount_point = COLAB_DRIVE if mount_point is None else mount_point
+    if not (mount_point / "MyDrive").is_dir():
+        drive.mount(str(mount_point))
+    return mount_point / "MyDrive"
+
+
+def output_folder(
+    output_dir: str | Path | None,
+    drive: bool = False,
+    runtime: str | None = None,
+) -> Path:
+    """Where a notebook's outputs go, said in one line when it is not the repository's ``outputs/``.
+
+    ``drive=True`` (Colab only) mounts Google Drive and puts a relative ``output_dir`` (default ``outputs``) under
+    ``MyDrive/celeba-vae/``, so checkpoints survive a disconnect; an absolute one (on the mounted Drive, say) is used
+    as it is. On Kaggle the default goes to ``/kaggle/working/outputs``. Otherwise
+    :func:`celeba_vae.paths.project_path` decides.
+    """
+    runtime = detect_runtime() if runtime is None else runtime
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime={runtime!r} is not one of {', '.join(map(repr, RUNTIMES))}")
+    default = output_dir is None or str(output_dir) == "outputs"
+    if drive:
+        if runtime != "colab":
+            raise ValueError(f"drive=True mounts Google Drive, which only works in Colab (this runtime: {runtime}). "
+                             "Set drive=False; on Kaggle outputs go to /kaggle/working/outputs, elsewhere to "
+                             "output_dir.")
+        my_drive, path = mount_drive(), Path(output_dir or "outputs").expanduser()
+        folder = path if path.is_absolute() else my_drive / DRIVE_FOLDER / path
+        print(f"Outputs on Google Drive: {folder} (kept when Colab disconnects; resume=True continues there)")
+        return folder
+    if runtime == "kaggle" and default and not os.environ.get(OUTPUTS_ENV):
+        folder = KAGGLE_WORKING / "outputs"
+        print(f"Outputs in {folder}, Kaggle's writable folder (kept with a saved version of the notebook)")
+        return folder
+    folder = project_path(output_dir, "outputs")
+    if runtime == "colab":
+        print(f"Outputs in {folder}, on this Colab runtime's disk: lost when it disconnects; drive=True keeps them "
+              "on Google Drive")
+    return folder
