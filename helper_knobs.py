@@ -34,8 +34,8 @@ from helper_latent import encode_dataset, latent_statistics
 from helper_plotting import _save, plot_image_grid
 from helper_probe import attribute_probe
 from helper_quality import checkerboard_score, reconstruction_metrics
-from helper_train import evaluate_vae, train_vae_v1
-from helper_utils import eval_mode, load_model, set_all_seeds
+from helper_train import adam, evaluate_vae, train_vae_v1
+from helper_utils import eval_mode, format_number, load_model, markdown_table, set_all_seeds
 from model import VAE
 
 KNOB_VALUES: dict[str, tuple[Any, ...]] = {
@@ -160,8 +160,8 @@ class KnobSweep:
         """Seconds one run of ``knob`` will take on this device: ``steps`` training steps (after one warm-up step)
         and two batches of evaluation, timed, scaled to the plan's epochs and the images measured."""
         set_all_seeds(self.seed)
-        model = VAE(knob.latent_dim, knob.decoder)
-        optimizer = torch.optim.Adam(model.parameters(), lr=knob.learning_rate)
+        model = VAE(knob.latent_dim, knob.decoder).to(self.device)
+        optimizer = adam(model, lr=knob.learning_rate)
         batches = list(islice(self.train_loader, steps + 1))
         with contextlib.redirect_stdout(io.StringIO()):
             train_vae_v1(1, model, optimizer, self.device, batches[:1], progress=False)
@@ -211,8 +211,8 @@ class KnobSweep:
         run_dir = self.folder / knob.name
         settings = self.settings(knob)
         set_all_seeds(self.seed)
-        model = VAE(knob.latent_dim, knob.decoder)
-        optimizer = torch.optim.Adam(model.parameters(), lr=knob.learning_rate)
+        model = VAE(knob.latent_dim, knob.decoder).to(self.device)
+        optimizer = adam(model, lr=knob.learning_rate)
         start = time.perf_counter()
         result: dict[str, Any] = {"name": knob.name, "knob": knob.changed_knob, **asdict(knob), "settings": settings}
         try:
@@ -291,25 +291,22 @@ def _runs_of(results: Sequence[Mapping[str, Any]], knob: str) -> list[Mapping[st
     return sorted((r for r in results if r["knob"] in ("baseline", knob)), key=lambda r: r[knob])
 
 
-def _cell(value: Any, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.{digits}f}"
+def _value_label(run: Mapping[str, Any], knob: str) -> str:
+    """The run's value of ``knob`` as a label: ``0.0005``, ``2``, ``nearest``."""
+    return f"{run[knob]:g}" if isinstance(run[knob], float) else str(run[knob])
 
 
 def knob_table(results: Sequence[Mapping[str, Any]], knob: str) -> Markdown:
     """The runs that change ``knob`` (and the baseline), every measure side by side: a table Jupyter renders
     (Markdown; its text is ``.data``)."""
-    rows = [f"| {knob} | " + " | ".join(label for _, label, _ in MEASURES) + " |",
-            "|---" + "|---:" * len(MEASURES) + "|"]
+    rows = []
     for run in _runs_of(results, knob):
-        label = f"{run[knob]:g}" if isinstance(run[knob], float) else str(run[knob])
-        label += " (lecture)" if run["knob"] == "baseline" else ""
+        label = _value_label(run, knob) + (" (lecture)" if run["knob"] == "baseline" else "")
         if "diverged" in run:
-            rows.append(f"| {label} | diverged: {run['diverged']} |" + " |" * (len(MEASURES) - 1))
+            rows.append([label, f"diverged: {run['diverged']}", *[""] * (len(MEASURES) - 1)])
         else:
-            rows.append(f"| {label} | " + " | ".join(_cell(run.get(k), d) for k, _, d in MEASURES) + " |")
-    return Markdown("\n".join(rows))
+            rows.append([label, *(format_number(run.get(k), d) for k, _, d in MEASURES)])
+    return markdown_table([knob, *(label for _, label, _ in MEASURES)], rows)
 
 
 def plot_knob(results: Sequence[Mapping[str, Any]], knob: str, title: str | None = None,
@@ -320,7 +317,7 @@ def plot_knob(results: Sequence[Mapping[str, Any]], knob: str, title: str | None
     columns = 5
     fig, axes = plt.subplots(math.ceil(len(measures) / columns), columns, squeeze=False,
                              figsize=(3.0 * columns, 2.6 * math.ceil(len(measures) / columns)))
-    labels = [f"{r[knob]:g}" if isinstance(r[knob], float) else str(r[knob]) for r in runs]
+    labels = [_value_label(r, knob) for r in runs]
     colors = ["tab:blue" if r["knob"] == "baseline" else "tab:orange" for r in runs]
     for ax, (key, label) in zip(axes.flat, measures, strict=False):
         ax.bar(labels, [math.nan if r.get(key) is None else r[key] for r in runs], color=colors)
@@ -342,7 +339,7 @@ def plot_knob_faces(results: Sequence[Mapping[str, Any]], knob: str, folder: str
         if "diverged" in run or not path.is_file():
             continue
         faces = torch.load(path, weights_only=True)
-        value = f"{run[knob]:g}" if isinstance(run[knob], float) else str(run[knob])
+        value = _value_label(run, knob)
         rows += [faces["reconstructions"].float() / 255, faces["samples"].float() / 255]
         labels += [f"{knob}={value}\nreconstructed", f"{knob}={value}\nsampled"]
     return plot_image_grid(rows, row_labels=labels, title=title or f"{knob}: reconstructions and samples",

@@ -11,7 +11,7 @@ from IPython.display import Markdown
 
 from celeba_vae.celeba_files import CELEBA_ATTRIBUTE_NAMES
 from helper_data import attribute_index, first_images
-from helper_utils import eval_mode
+from helper_utils import eval_mode, markdown_table
 
 
 @torch.no_grad()
@@ -170,8 +170,6 @@ def attribute_means(
 def aligned_attributes_table(means: AttributeMeans, attributes: Iterable[str], k: int = 4) -> Markdown:
     """For each of ``attributes``, the ``k`` other attributes whose directions point most the same way
     (:meth:`AttributeMeans.aligned_attributes`), as a table Jupyter renders."""
-    rows = ["| direction | most aligned other directions (cosine) |", "|---|---|"]
-    for name in attributes:
-        aligned = ", ".join(f"{other} ({cosine:+.2f})" for other, cosine in means.aligned_attributes(name, k))
-        rows.append(f"| {name} | {aligned} |")
-    return Markdown("\n".join(rows))
+    rows = [[name, ", ".join(f"{other} ({cosine:+.2f})" for other, cosine in means.aligned_attributes(name, k))]
+            for name in attributes]
+    return markdown_table(["direction", "most aligned other directions (cosine)"], rows, numbers_from=2)

@@ -20,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 from celeba_vae.celeba_files import CELEBA_ATTRIBUTE_NAMES
 from helper_plotting import _save
+from helper_utils import markdown_table
 
 
 def _numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -68,15 +69,15 @@ def attribute_probe(
 
 def probe_table(results: Sequence[Mapping[str, Any]]) -> Markdown:
     """The results of :func:`attribute_probe` as a table Jupyter renders (Markdown; its text is ``.data``)."""
-    lines = ["| Attribute | Positive rate (held-out) | Accuracy | Majority-class accuracy | Balanced accuracy |",
-             "|---|---:|---:|---:|---:|"]
+    header = ["Attribute", "Positive rate (held-out)", "Accuracy", "Majority-class accuracy", "Balanced accuracy"]
+    rows = []
     for r in results:
         if r["probeable"]:
-            scores = f"{r['accuracy']:.3f} | {r['majority_accuracy']:.3f} | {r['balanced_accuracy']:.3f}"
+            scores = [f"{r[k]:.3f}" for k in ("accuracy", "majority_accuracy", "balanced_accuracy")]
         else:
-            scores = "not probeable (one class in training codes) | | "
-        lines.append(f"| {r['attribute']} | {r['positive_rate']:.3f} | {scores} |")
-    return Markdown("\n".join(lines))
+            scores = ["not probeable (one class in training codes)", "", ""]
+        rows.append([r["attribute"], f"{r['positive_rate']:.3f}", *scores])
+    return markdown_table(header, rows)
 
 
 def plot_probe(

@@ -23,7 +23,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from helper_data import first_images
 from helper_plotting import _save
-from helper_utils import eval_mode
+from helper_utils import eval_mode, format_number, markdown_table
 
 NYQUIST_BAND = 0.375
 
@@ -85,15 +85,14 @@ def run_record(
 
 def run_summary(run: Mapping[str, Any]) -> Markdown:
     """A :func:`run_record` as Jupyter shows it: a small loss table and one line of test quality."""
-    rows = ["| | reconstruction | KL | combined |", "|---|---:|---:|---:|"]
-    for split in ("train", "valid", "test"):
-        if run.get(split):
-            rows.append(f"| {split} | " + " | ".join(f"{run[split][k]:.1f}" for k in LOSS_KEYS) + " |")
+    table = markdown_table(["", "reconstruction", "KL", "combined"],
+                           [[split, *(f"{run[split][k]:.1f}" for k in LOSS_KEYS)]
+                            for split in ("train", "valid", "test") if run.get(split)])
     quality = run["test_quality"]
-    rows.append(f"\nAfter {run['epochs']} epoch(s). Predicting the mean training image for every test face: "
-                f"reconstruction {run['test_reconstruction_of_mean_image']:.1f}. Test reconstructions: MSE "
-                f"{quality['mse']:.4f}, PSNR {quality['psnr']:.1f} dB, SSIM {quality['ssim']:.3f}.")
-    return Markdown("\n".join(rows))
+    return Markdown(f"{table.data}\n\nAfter {run['epochs']} epoch(s). Predicting the mean training image for every "
+                    f"test face: reconstruction {run['test_reconstruction_of_mean_image']:.1f}. Test "
+                    f"reconstructions: MSE {quality['mse']:.4f}, PSNR {quality['psnr']:.1f} dB, SSIM "
+                    f"{quality['ssim']:.3f}.")
 
 
 def _frequency_grid(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,25 +275,19 @@ def decoder_comparison_table(metrics: Mapping[str, Any]) -> Markdown:
     """The decoders side by side, as a table Jupyter renders: test losses, MSE/PSNR/SSIM of the reconstructions
     (``runs.<decoder>.test_quality``), outer-band power relative to real faces and checkerboard scores
     (``spectra.<decoder>``), where measured; a last row gives the real test faces' checkerboard score."""
-    def cell(section: Mapping[str, Any], key: str, digits: int) -> str:
-        value = section.get(key)
-        return "-" if value is None else f"{value:.{digits}f}"
-
-    header = ("| decoder | epochs | test reconstruction | test KL | test total | MSE | PSNR (dB) | SSIM "
-              "| outer-band power / real: reconstructions | samples "
-              "| checkerboard: reconstructions | samples |")
-    rows = [header, "|---" * 12 + "|"]
+    header = ["decoder", "epochs", "test reconstruction", "test KL", "test total", "MSE", "PSNR (dB)", "SSIM",
+              "outer-band power / real: reconstructions", "samples", "checkerboard: reconstructions", "samples"]
+    columns = [("test", "reconstruction", 2), ("test", "kl", 2), ("test", "combined", 2), ("test_quality", "mse", 5),
+               ("test_quality", "psnr", 2), ("test_quality", "ssim", 3), ("spectra", "reconstruction_nyquist_ratio", 3),
+               ("spectra", "sample_nyquist_ratio", 3), ("spectra", "reconstruction_checkerboard_score", 2),
+               ("spectra", "sample_checkerboard_score", 2)]
     spectra = metrics.get("spectra", {})
+    rows = []
     for decoder, run in sorted(metrics.get("runs", {}).items()):
-        test, quality = run.get("test", {}), run.get("test_quality", {})
-        measured = spectra.get(decoder, {})
-        rows.append(" | ".join([
-            f"| {decoder}", str(run.get("epochs", "?")), cell(test, "reconstruction", 2), cell(test, "kl", 2),
-            cell(test, "combined", 2), cell(quality, "mse", 5), cell(quality, "psnr", 2), cell(quality, "ssim", 3),
-            cell(measured, "reconstruction_nyquist_ratio", 3), cell(measured, "sample_nyquist_ratio", 3),
-            cell(measured, "reconstruction_checkerboard_score", 2), cell(measured, "sample_checkerboard_score", 2),
-        ]) + " |")
+        sections = {**run, "spectra": spectra.get(decoder, {})}
+        rows.append([decoder, run.get("epochs", "?"),
+                     *(format_number(sections.get(part, {}).get(key), digits) for part, key, digits in columns)])
     real = [m["real_checkerboard_score"] for m in spectra.values() if "real_checkerboard_score" in m]
     if real:
-        rows.append(f"| real test faces |{' |' * 9} {real[0]:.2f} | |")
-    return Markdown("\n".join(rows))
+        rows.append(["real test faces", *[""] * 9, f"{real[0]:.2f}", ""])
+    return markdown_table(header, rows, numbers_from=2)

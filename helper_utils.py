@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from IPython.display import Markdown
 
 from celeba_vae.atomic_files import atomic_write
 from celeba_vae.checkpoint import check_settings, load_checkpoint
@@ -97,3 +99,17 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     """The metrics JSON at ``path`` (empty when it does not exist yet)."""
     path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], numbers_from: int = 1) -> Markdown:
+    """A table Jupyter renders (its Markdown text is ``.data``); columns from ``numbers_from`` on are right-aligned."""
+    rule = ["---" if i < numbers_from else "---:" for i in range(len(header))]
+    lines = [header, rule, *rows]
+    return Markdown("\n".join("| " + " | ".join(str(cell) for cell in line) + " |" for line in lines))
+
+
+def format_number(value: float | None, digits: int) -> str:
+    """``value`` with ``digits`` decimals, or ``-`` where it was not measured (``None`` or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"

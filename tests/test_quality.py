@@ -371,7 +371,7 @@ def test_decoder_comparison_table_has_losses_quality_and_spectra() -> None:
     assert table[2] == ("| nearest | 2 | 480.00 | 10.00 | 490.00 | 0.01230 | 19.10 | 0.512 | 0.410 | 0.200 "
                         "| 0.98 | 1.50 |")
     assert table[3] == "| transpose | 2 | 500.00 | 10.00 | 510.00 | - | - | - | - | - | - | - |"
-    assert table[4].startswith("| real test faces |") and table[4].endswith("| 1.04 | |")
+    assert table[4].startswith("| real test faces |") and table[4].split(" | ")[-2:] == ["1.04", " |"]
 
 
 def test_run_summary_is_a_short_table_of_the_recorded_run() -> None:
