@@ -13,7 +13,7 @@ import torch
 from matplotlib.figure import Figure
 
 from helper_latent import decode
-from helper_plotting import _save, _show
+from helper_plotting import save_figure, show_image
 
 if TYPE_CHECKING:
     import ipywidgets
@@ -109,12 +109,12 @@ def latent_explorer(
                              squeeze=False)
     for row, name in enumerate(directions):
         for col, strength in enumerate(strengths):
-            _show(axes[row][col], images[row, col])
+            show_image(axes[row][col], images[row, col])
             if row == 0:
                 axes[row][col].set_title(f"{strength:+g}", fontsize=9)
         axes[row][0].text(-0.1, 0.5, name, transform=axes[row][0].transAxes, ha="right", va="center", fontsize=9)
     fig.tight_layout()
-    return _save(fig, save_path, title)
+    return save_figure(fig, save_path, title)
 
 
 def _explorer_widget(
@@ -130,7 +130,7 @@ def _explorer_widget(
     def redraw(**strengths: float) -> torch.Tensor:
         image = explorer_image(model, z_base, directions, strengths, device)
         fig, ax = plt.subplots(figsize=(3, 3))
-        _show(ax, image)
+        show_image(ax, image)
         display(fig)
         plt.close(fig)
         return image

@@ -31,7 +31,7 @@ from celeba_vae.frechet import FrechetScore, PosteriorMeans, inception_fid
 from celeba_vae.recipes import Recipe
 from helper_data import first_images
 from helper_latent import encode_dataset, latent_statistics
-from helper_plotting import _save, plot_image_grid
+from helper_plotting import plot_image_grid, save_figure
 from helper_probe import attribute_probe
 from helper_quality import checkerboard_score, reconstruction_metrics
 from helper_train import adam, evaluate_vae, train_vae_v1
@@ -327,7 +327,7 @@ def plot_knob(results: Sequence[Mapping[str, Any]], knob: str, title: str | None
     for ax in list(axes.flat)[len(measures):]:
         ax.axis("off")
     fig.tight_layout()
-    return _save(fig, save_path, title or f"{knob}: one short run per value (blue: the lecture's)")
+    return save_figure(fig, save_path, title or f"{knob}: one short run per value (blue: the lecture's)")
 
 
 def plot_knob_faces(results: Sequence[Mapping[str, Any]], knob: str, folder: str | Path, originals: torch.Tensor,

@@ -27,7 +27,7 @@ from helper_utils import eval_mode
 Unnormalizer = Callable[[torch.Tensor], torch.Tensor] | None
 
 
-def _save(fig: Figure, save_path: str | Path | None, title: str | None = None) -> Figure:
+def save_figure(fig: Figure, save_path: str | Path | None, title: str | None = None) -> Figure:
     """Give ``fig`` its title, write it to ``save_path`` (if any) and close it in pyplot unless a GUI backend will
     show it at ``plt.show()``; return it."""
     if title:
@@ -42,7 +42,8 @@ def _save(fig: Figure, save_path: str | Path | None, title: str | None = None) -
     return fig
 
 
-def _show(ax: plt.Axes, image: torch.Tensor, unnormalizer: Unnormalizer = None) -> None:
+def show_image(ax: plt.Axes, image: torch.Tensor, unnormalizer: Unnormalizer = None) -> None:
+    """Draw one (3, H, W) image in [0, 1] on ``ax`` (after ``unnormalizer``), without axes."""
     image = image.detach().cpu().float()
     if unnormalizer is not None:
         image = unnormalizer(image)
@@ -83,7 +84,7 @@ def plot_training_loss(
     ax2.set_xlabel("Epochs")
     ax2.set_xlim(ax1.get_xlim())
     fig.tight_layout()
-    return _save(fig, save_path, title)
+    return save_figure(fig, save_path, title)
 
 
 def plot_faces_with_attributes(
@@ -99,11 +100,11 @@ def plot_faces_with_attributes(
     columns = [attribute_index(name) for name in attributes]
     fig, axes = plt.subplots(1, len(images), figsize=(1.9 * len(images), 2.9), squeeze=False)
     for ax, image, label in zip(axes[0], images, labels, strict=True):
-        _show(ax, image)
+        show_image(ax, image)
         if label.numel():
             text = "\n".join(f"{'+' if label[c] else '-'} {name}" for name, c in zip(attributes, columns, strict=True))
             ax.text(0.5, -0.04, text, transform=ax.transAxes, ha="center", va="top", fontsize=8)
-    return _save(fig, save_path, title)
+    return save_figure(fig, save_path, title)
 
 
 @torch.no_grad()
@@ -127,9 +128,9 @@ def plot_generated_images(
         decoded = model(features)[3] if modeltype == "VAE" else model(features)
     fig, axes = plt.subplots(nrows=2, ncols=len(features), sharex=True, sharey=True, figsize=figsize, squeeze=False)
     for i in range(len(features)):
-        _show(axes[0][i], features[i], unnormalizer)
-        _show(axes[1][i], decoded[i], unnormalizer)
-    return _save(fig, save_path, title)
+        show_image(axes[0][i], features[i], unnormalizer)
+        show_image(axes[1][i], decoded[i], unnormalizer)
+    return save_figure(fig, save_path, title)
 
 
 @torch.no_grad()
@@ -149,8 +150,8 @@ def plot_images_sampled_from_vae(
         images = model.decode(z.to(device)).cpu()
     fig, axes = plt.subplots(nrows=1, ncols=num_images, figsize=(2 * num_images, 2.5), squeeze=False)
     for ax, image in zip(axes[0], images, strict=True):
-        _show(ax, image, unnormalizer)
-    return _save(fig, save_path, title)
+        show_image(ax, image, unnormalizer)
+    return save_figure(fig, save_path, title)
 
 
 def _normal_pdf(x: np.ndarray) -> np.ndarray:
@@ -180,7 +181,7 @@ def plot_latent_histograms(
         ax.set_title(f"z[{j}]", fontsize=9)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
-    return _save(fig, save_path, title)
+    return save_figure(fig, save_path, title)
 
 
 def plot_latent_summary(
@@ -201,7 +202,7 @@ def plot_latent_summary(
     ax2.plot(grid, _normal_pdf(grid), color="tab:red", label="N(0, 1)")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, save_path, title)
+    return save_figure(fig, save_path, title)
 
 
 def plot_image_grid(
@@ -220,13 +221,13 @@ def plot_image_grid(
             ax = axes[r][c]
             ax.axis("off")
             if c < len(row):
-                _show(ax, row[c])
+                show_image(ax, row[c])
             if r == 0 and titles is not None and c < len(titles):
                 ax.set_title(titles[c], fontsize=9)
         if row_labels is not None:
             axes[r][0].text(-0.1, 0.5, row_labels[r], transform=axes[r][0].transAxes, ha="right", va="center")
     fig.tight_layout()
-    return _save(fig, save_path, title)
+    return save_figure(fig, save_path, title)
 
 
 @torch.no_grad()
@@ -252,9 +253,9 @@ def plot_modified_faces(
             more, less = (decoding_fn(v.to(device).unsqueeze(0)).cpu().squeeze(0) for v in (more, less))
         label = "original" if not alpha else f"$\\alpha=${alpha}"
         for row, image in enumerate((more, less)):
-            _show(axes[row][i], image)
+            show_image(axes[row][i], image)
             axes[row][i].set_title(label if row == 0 else f"$\\alpha=${-alpha}" if alpha else label, fontsize=8)
-    return _save(fig, save_path, title)
+    return save_figure(fig, save_path, title)
 
 
 def save_gif(frames: torch.Tensor, path: str | Path, duration_ms: int = 100) -> Path:

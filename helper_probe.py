@@ -19,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from celeba_vae.celeba_files import CELEBA_ATTRIBUTE_NAMES
-from helper_plotting import _save
+from helper_plotting import save_figure
 from helper_utils import markdown_table
 
 
@@ -97,5 +97,5 @@ def plot_probe(
     ax.set_xlabel("balanced accuracy of a linear probe on the latent means (held-out codes)")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    return _save(fig, save_path, title)
+    return save_figure(fig, save_path, title)
 

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from helper_data import first_images
-from helper_plotting import _save
+from helper_plotting import save_figure
 from helper_utils import eval_mode, format_number, markdown_table
 
 NYQUIST_BAND = 0.375
@@ -268,7 +268,7 @@ def plot_power_spectra(
     ax.set_title("Power spectra; a checkerboard is a peak at 0.5 or at 0.71")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, save_path, title)
+    return save_figure(fig, save_path, title)
 
 
 def decoder_comparison_table(metrics: Mapping[str, Any]) -> Markdown:

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
+from celeba_vae.paths import RunFiles, run_files
 from celeba_vae.recipes import Recipe, choose_recipe
 from celeba_vae.runtime import output_folder
 from helper_data import DatasetChoice, prepare_dataset
-from helper_utils import get_device, load_model, set_all_seeds
+from helper_utils import get_device, load_model, set_all_seeds, update_metrics
 
 
 @dataclass(frozen=True)
@@ -27,22 +28,29 @@ class NotebookSetup:
     seed: int
     recipe: Recipe
 
+    def files(self, decoder: str | None = None) -> RunFiles:
+        """Where the run of ``decoder`` (default: this notebook's) keeps its checkpoint, weights and figures."""
+        return run_files(self.output_dir, decoder or self.decoder)
+
     @property
     def run_dir(self) -> Path:
-        """``output_dir/<decoder>``: the checkpoint and the lecture's ``vae_celeba_02.pt``."""
-        return self.output_dir / self.decoder
+        return self.files().run_dir
 
     @property
     def checkpoint(self) -> Path:
-        return self.run_dir / "checkpoint.pt"
+        return self.files().checkpoint
 
     @property
     def figures(self) -> Path:
-        return self.output_dir / "figures"
+        return self.files().figures
 
     @property
     def metrics(self) -> Path:
-        return self.output_dir / "metrics.json"
+        return self.files().metrics
+
+    def record(self, section: str, values: dict[str, object]) -> None:
+        """Write ``values`` into ``section`` of this run's ``metrics.json``."""
+        update_metrics(self.metrics, section, values)
 
     def title(self, text: str) -> str:
         """A figure title that says plainly when the faces are synthetic."""
@@ -56,7 +64,7 @@ class NotebookSetup:
     def load_model(self, decoder: str | None = None) -> torch.nn.Module:
         """The trained weights of ``decoder`` (default: this notebook's), after checking they were trained on
         the data this notebook reads."""
-        path = self.output_dir / (decoder or self.decoder) / "checkpoint.pt"
+        path = self.files(decoder).checkpoint
         if not path.is_file():
             raise FileNotFoundError(
                 f"no trained weights at {path}: run notebooks/1_train_vae.ipynb first with decoder="
@@ -66,6 +74,7 @@ class NotebookSetup:
 
 
 def start_notebook(
+    *,
     dataset: str = "auto",
     data_root: str | Path | None = None,
     output_dir: str | Path | None = None,
@@ -74,7 +83,6 @@ def start_notebook(
     recipe: str = "auto",
     random_seed: int = 123,
     num_synthetic: int = 2000,
-    *,
     download: bool = False,
     drive: bool = False,
     runtime: str | None = None,

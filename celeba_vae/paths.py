@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,3 +42,42 @@ def writable_cache(folder: str | Path) -> Path:
     base = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "celeba-vae").expanduser()
     base = base if base.is_absolute() else REPO_ROOT / base
     return base / f"{folder.name or 'root'}-{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}"
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where one training run's files go: ``<output_dir>/<decoder>/`` for its weights, ``<output_dir>/figures``
+    and ``<output_dir>/metrics.json`` for what the notebooks draw and measure."""
+
+    output_dir: Path
+    decoder: str
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.decoder
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    @property
+    def weights(self) -> Path:
+        """The lecture's plain state dict, ``vae_celeba_02.pt``."""
+        return self.run_dir / "vae_celeba_02.pt"
+
+    @property
+    def epoch_images(self) -> Path:
+        return self.run_dir / "epochs"
+
+    @property
+    def figures(self) -> Path:
+        return self.output_dir / "figures"
+
+    @property
+    def metrics(self) -> Path:
+        return self.output_dir / "metrics.json"
+
+
+def run_files(output_dir: str | Path, decoder: str) -> RunFiles:
+    """The one place that knows where the run of ``decoder`` under ``output_dir`` keeps its files."""
+    return RunFiles(Path(output_dir), decoder)

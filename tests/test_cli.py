@@ -155,7 +155,7 @@ def test_without_celeba_the_runner_and_the_notebooks_say_the_same(
     assert "CelebA was NOT found" in runner_said and str(tmp_path / "kaggle") in runner_said
     assert {p["dataset"] for p in given} == {"auto"} and {p["data_root"] for p in given} == {str(tmp_path / "data")}
     first = given[0]
-    start_notebook(first["dataset"], first["data_root"], first["output_dir"], device="cpu",
+    start_notebook(dataset=first["dataset"], data_root=first["data_root"], output_dir=first["output_dir"], device="cpu",
                    random_seed=first["random_seed"], num_synthetic=first["num_synthetic"])
     notebook_said = capsys.readouterr().out
     banner = notebook_said[:notebook_said.rindex("=" * 100) + 100]

@@ -206,9 +206,11 @@ def test_drive_keeps_outputs_and_mounts_once(tmp_path: Path, monkeypatch: pytest
     for name in [m for m in sys.modules if m == "google" or m.startswith("google.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(runtime, "COLAB_DRIVE", tmp_path / "drive")
-    first = helper_setup.start_notebook("synthetic", tmp_path / "data", None, num_synthetic=40, device="cpu",
+    first = helper_setup.start_notebook(dataset="synthetic", data_root=tmp_path / "data",
+                                        output_dir=None, num_synthetic=40, device="cpu",
                                         drive=True, runtime="colab")
-    again = helper_setup.start_notebook("synthetic", tmp_path / "data", "outputs", num_synthetic=40, device="cpu",
+    again = helper_setup.start_notebook(dataset="synthetic", data_root=tmp_path / "data",
+                                        output_dir="outputs", num_synthetic=40, device="cpu",
                                         drive=True, runtime="colab")
     from google.colab import drive
 

@@ -41,7 +41,8 @@ def test_environment_variables_move_the_defaults_only(tmp_path: Path, monkeypatc
 
 
 def test_without_celeba_the_first_lines_say_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    setup = start_notebook("auto", tmp_path / "empty", tmp_path / "out", device="cpu", num_synthetic=12)
+    setup = start_notebook(dataset="auto", data_root=tmp_path / "empty",
+                           output_dir=tmp_path / "out", device="cpu", num_synthetic=12)
     printed = capsys.readouterr().out.splitlines()
     assert set(printed[0]) == {"="}
     assert "CelebA was NOT found" in printed[1] and "SYNTHETIC" in printed[1]
@@ -53,7 +54,7 @@ def test_without_celeba_the_first_lines_say_so(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_with_celeba_it_says_which_and_where(celeba_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    setup = start_notebook("auto", celeba_root, tmp_path / "out", device="cpu")
+    setup = start_notebook(dataset="auto", data_root=celeba_root, output_dir=tmp_path / "out", device="cpu")
     printed = capsys.readouterr().out
     assert printed.startswith(f"Using CelebA (torchvision layout) from {celeba_root}")
     assert "SYNTHETIC" not in printed and setup.title("Samples") == "Samples"
@@ -86,7 +87,8 @@ def test_recipe_overrides_are_checked() -> None:
 
 
 def test_notebooks_without_weights_say_which_notebook_to_run(tmp_path: Path, celeba_root: Path) -> None:
-    setup = start_notebook("celeba", celeba_root, tmp_path / "out", decoder="nearest", device="cpu")
+    setup = start_notebook(dataset="celeba", data_root=celeba_root,
+                           output_dir=tmp_path / "out", decoder="nearest", device="cpu")
     with pytest.raises(FileNotFoundError, match=r"1_train_vae\.ipynb.*decoder='nearest'"):
         setup.load_model()
 
@@ -94,23 +96,25 @@ def test_notebooks_without_weights_say_which_notebook_to_run(tmp_path: Path, cel
 def test_weights_from_synthetic_faces_are_refused_once_celeba_is_there(
     tmp_path: Path, celeba_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    demo = start_notebook("auto", tmp_path / "empty", tmp_path / "out", device="cpu", num_synthetic=12)
+    demo = start_notebook(dataset="auto", data_root=tmp_path / "empty",
+                          output_dir=tmp_path / "out", device="cpu", num_synthetic=12)
     save_checkpoint(demo.checkpoint, VAE(), epoch=1, settings=demo.checkpoint_settings(demo.recipe, 9))
     assert isinstance(demo.load_model(), VAE)
-    with_celeba = start_notebook("auto", celeba_root, tmp_path / "out", device="cpu")
+    with_celeba = start_notebook(dataset="auto", data_root=celeba_root, output_dir=tmp_path / "out", device="cpu")
     with pytest.raises(ValueError, match=r"(?s)trained on synthetic.*synthetic-celeba-12-seed123.*uses CelebA"):
         with_celeba.load_model()
 
 
 def test_weights_travel_with_the_data_not_with_their_path(tmp_path: Path, celeba_root: Path) -> None:
-    trained = start_notebook("celeba", celeba_root, tmp_path / "out", device="cpu")
+    trained = start_notebook(dataset="celeba", data_root=celeba_root, output_dir=tmp_path / "out", device="cpu")
     save_checkpoint(trained.checkpoint, VAE(), epoch=1, settings=trained.checkpoint_settings(trained.recipe, 48))
     moved = write_synthetic_celeba(tmp_path / "moved", num_images=60, seed=7, layout="kaggle")
-    assert isinstance(start_notebook("celeba", moved, tmp_path / "out", device="cpu").load_model(), VAE)
+    assert isinstance(start_notebook(dataset="celeba", data_root=moved,
+                                     output_dir=tmp_path / "out", device="cpu").load_model(), VAE)
     subset = Path(shutil.copytree(celeba_root, tmp_path / "subset"))
     partition = subset / "celeba" / "list_eval_partition.txt"
     partition.write_text("".join(partition.read_text().splitlines(keepends=True)[:-1]))
-    other = start_notebook("celeba", subset, tmp_path / "out", device="cpu")
+    other = start_notebook(dataset="celeba", data_root=subset, output_dir=tmp_path / "out", device="cpu")
     with pytest.raises(ValueError, match=rf"(?s)trained on CelebA \(torchvision layout, 48/6/6 .*{celeba_root}.*"
                                          rf"uses CelebA \(torchvision layout, 48/6/5 .*{subset}"):
         other.load_model()
@@ -119,7 +123,8 @@ def test_weights_travel_with_the_data_not_with_their_path(tmp_path: Path, celeba
 def test_older_checkpoints_recording_the_root_still_load_elsewhere(tmp_path: Path, celeba_root: Path) -> None:
     legacy = {"kind": "celeba", "layout": "torchvision", "root": "/content/data", "images": 48}
     path = save_checkpoint(tmp_path / "out" / "transpose" / "checkpoint.pt", VAE(), epoch=1, settings={"data": legacy})
-    assert isinstance(start_notebook("celeba", celeba_root, tmp_path / "out", device="cpu").load_model(), VAE)
+    assert isinstance(start_notebook(dataset="celeba", data_root=celeba_root,
+                                     output_dir=tmp_path / "out", device="cpu").load_model(), VAE)
     save_checkpoint(path, VAE(), epoch=1, settings={"data": {**legacy, "layout": "kaggle"}})
     with pytest.raises(ValueError, match="trained on CelebA \\(kaggle layout, /content/data"):
-        start_notebook("celeba", celeba_root, tmp_path / "out", device="cpu").load_model()
+        start_notebook(dataset="celeba", data_root=celeba_root, output_dir=tmp_path / "out", device="cpu").load_model()
