@@ -3,8 +3,10 @@
 * :func:`knob_grid`: the lecture's settings plus one run per other value of each knob (latent size, reconstruction
   term weight, decoder, learning rate).
 * :class:`KnobSweep`: trains and measures every run on the same images, seeds and epochs; each finished run is saved
-  under ``folder/<run name>/`` (checkpoint, ``metrics.json``, ``faces.pt``) and skipped when the sweep runs again.
+  under ``folder/<run name>/`` (laid out by :func:`celeba_vae.paths.run_files`: ``metrics.json``, and the
+  checkpoint and ``faces.pt`` in ``<decoder>/``) and skipped when the sweep runs again.
 * :func:`knob_table`, :func:`plot_knob`, :func:`plot_knob_faces`: one table and two figures per knob.
+* :func:`knob_findings`: what this sweep's numbers show, computed from them, as Markdown.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from itertools import islice
+from itertools import islice, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +29,21 @@ from IPython.display import Markdown
 from matplotlib.figure import Figure
 
 from celeba_vae.atomic_files import atomic_write
-from celeba_vae.frechet import FrechetScore, PosteriorMeans, inception_fid
+from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES
+from celeba_vae.paths import RunFiles, run_files
 from celeba_vae.recipes import Recipe
 from helper_data import first_images
 from helper_latent import encode_dataset, latent_statistics
 from helper_plotting import plot_image_grid, save_figure
 from helper_probe import attribute_probe
-from helper_quality import checkerboard_score, reconstruction_metrics
+from helper_quality import FrechetScore, PosteriorMeans, checkerboard_score, inception_fid, reconstruction_metrics
 from helper_train import adam, evaluate_vae, train_vae_v1
 from helper_utils import eval_mode, format_number, load_model, markdown_table, set_all_seeds
 from model import VAE
 
 KNOB_VALUES: dict[str, tuple[Any, ...]] = {
     "latent_dim": (2, 16, 200),
-    "reconstruction_term_weight": (0.5, 1.0, 2.0),
+    "reconstruction_term_weight": (0.1, 1.0, 10.0),
     "decoder": ("transpose", "nearest"),
     "learning_rate": (1e-4, 5e-4, 2e-3),
 }
@@ -115,6 +118,7 @@ class KnobSweep:
     ``data_settings``: what identifies the data and recipe (``NotebookSetup.checkpoint_settings``); a saved run
     with other settings is refused, not silently reused. ``num_samples`` test faces and as many samples from the
     prior are compared by the sample measures; ``probe_images`` validation codes fit the attribute probe.
+    ``frechet=False`` builds no Fréchet metric at all (its column stays empty).
     """
 
     folder: Path
@@ -127,6 +131,7 @@ class KnobSweep:
     seed: int = 123
     num_samples: int = 512
     probe_images: int = 2000
+    frechet: bool = True
     real_images: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -142,10 +147,14 @@ class KnobSweep:
                 "eval_images": self.plan.eval_images, "seed": self.seed, "num_samples": self.num_samples,
                 "probe_images": self.probe_images, **asdict(knob)}
 
+    def files(self, knob: KnobSettings) -> RunFiles:
+        """Where the run of ``knob`` keeps its files, under ``folder/<run name>``."""
+        return sweep_run_files(self.folder, knob.name, knob.decoder)
+
     def finished(self, knob: KnobSettings) -> dict[str, Any] | None:
         """The saved metrics of ``knob``'s run, or ``None`` when it has not finished; a saved run with other
         settings is an error that names its folder."""
-        path = self.folder / knob.name / "metrics.json"
+        path = self.files(knob).metrics
         if not path.is_file():
             return None
         result = json.loads(path.read_text())
@@ -208,36 +217,34 @@ class KnobSweep:
         return [results[k] for k in runs]
 
     def _train_and_measure(self, knob: KnobSettings, fid: FrechetScore | None) -> dict[str, Any]:
-        run_dir = self.folder / knob.name
+        files = self.files(knob)
         settings = self.settings(knob)
         set_all_seeds(self.seed)
         model = VAE(knob.latent_dim, knob.decoder).to(self.device)
         optimizer = adam(model, lr=knob.learning_rate)
-        start = time.perf_counter()
         result: dict[str, Any] = {"name": knob.name, "knob": knob.changed_knob, **asdict(knob), "settings": settings}
         try:
             train_vae_v1(self.plan.num_epochs, model, optimizer, self.device, self.train_loader,
                          reconstruction_term_weight=knob.reconstruction_term_weight, logging_interval=50,
-                         checkpoint_path=run_dir / "checkpoint.pt", resume=True, settings=settings, progress=False)
+                         checkpoint_path=files.checkpoint, resume=True, settings=settings, progress=False)
         except FloatingPointError as err:
             print(f"{knob.name} diverged: {str(err).splitlines()[0]}")
             result["diverged"] = str(err).splitlines()[0]
-        result["train_seconds"] = time.perf_counter() - start
         if "diverged" not in result:
             result.update(self.measure(model, knob, fid))
-        atomic_write(run_dir / "metrics.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
+        atomic_write(files.metrics, lambda f: f.write(json.dumps(result, indent=2).encode()))
         return result
 
     def inception_fid(self) -> tuple[FrechetScore | None, str]:
         """FID against this sweep's real test faces, or ``None`` and the reason in one line (see
-        :func:`celeba_vae.frechet.inception_fid`)."""
+        :func:`helper_quality.inception_fid`)."""
         return inception_fid(self.real_images, self.device)
 
-    def reference(self) -> FrechetScore:
+    def reference(self) -> FrechetScore | None:
         """The Fréchet distance in the feature space of the baseline run's encoder (posterior means): not FID, but
-        the same yardstick for every run of this sweep, and it needs no download."""
-        if self._reference is None:
-            baseline = load_model(self.folder / BASELINE.name / "checkpoint.pt", self.device,
+        the same yardstick for every run of this sweep, and it needs no download. ``None`` when ``frechet=False``."""
+        if self._reference is None and self.frechet:
+            baseline = load_model(self.files(BASELINE).checkpoint, self.device,
                                   data=self.data_settings.get("data"))
             self._reference = FrechetScore(self.real_images, PosteriorMeans(baseline), device=self.device)
         return self._reference
@@ -259,7 +266,7 @@ class KnobSweep:
         probe = attribute_probe(probe_codes["z_mean"], probe_codes["attributes"], test_codes["z_mean"],
                                 test_codes["attributes"])
         faces = {"reconstructions": _to_uint8(reconstructions), "samples": _to_uint8(samples[:8])}
-        atomic_write(self.folder / knob.name / "faces.pt", lambda f: torch.save(faces, f))
+        atomic_write(_faces(self.files(knob)), lambda f: torch.save(faces, f))
         return {
             "epochs": self.plan.num_epochs,
             "test_loss": test["reconstruction"] + test["kl"],
@@ -270,10 +277,20 @@ class KnobSweep:
             "checkerboard": checkerboard_score(samples),
             "active_units": latent_statistics(test_codes["z_mean"], test_codes["z_log_var"])["active_units"],
             "probe_balanced_accuracy": float(np.nanmean([r["balanced_accuracy"] for r in probe])),
-            "fd_baseline_encoder": self.reference()(samples),
+            "fd_baseline_encoder": reference(samples) if (reference := self.reference()) is not None else None,
             "fid": fid(samples) if fid is not None else None,
             "num_samples": self.num_samples,
         }
+
+
+def sweep_run_files(folder: str | Path, name: str, decoder: str) -> RunFiles:
+    """Where the run ``name`` of the sweep in ``folder`` keeps its files: ``folder/<name>/`` laid out as a run's
+    output folder (``metrics.json``; checkpoint and ``faces.pt`` in ``<decoder>/``)."""
+    return run_files(Path(folder) / name, decoder)
+
+
+def _faces(files: RunFiles) -> Path:
+    return files.run_dir / "faces.pt"
 
 
 def _duration(seconds: float) -> str:
@@ -335,7 +352,7 @@ def plot_knob_faces(results: Sequence[Mapping[str, Any]], knob: str, folder: str
     """The ``originals`` (8 test faces), then each run's reconstructions of them and 8 samples from the prior."""
     rows, labels = [originals[:8].float()], ["test faces"]
     for run in _runs_of(results, knob):
-        path = Path(folder) / run["name"] / "faces.pt"
+        path = _faces(sweep_run_files(folder, run["name"], run["decoder"]))
         if "diverged" in run or not path.is_file():
             continue
         faces = torch.load(path, weights_only=True)
@@ -344,3 +361,67 @@ def plot_knob_faces(results: Sequence[Mapping[str, Any]], knob: str, folder: str
         labels += [f"{knob}={value}\nreconstructed", f"{knob}={value}\nsampled"]
     return plot_image_grid(rows, row_labels=labels, title=title or f"{knob}: reconstructions and samples",
                            save_path=save_path)
+
+
+def _run(results: Sequence[Mapping[str, Any]], knob: str, value: Any) -> Mapping[str, Any] | None:
+    """The measured run of ``results`` that has ``knob`` at ``value`` (the baseline counts), or ``None``."""
+    return next((r for r in _runs_of(results, knob) if r[knob] == value and "diverged" not in r), None)
+
+
+def _ordered(values: Sequence[float]) -> str:
+    """'rises', 'falls' or 'goes up and down' for a sequence of numbers."""
+    steps = [b - a for a, b in pairwise(values)]
+    return "rises" if all(d > 0 for d in steps) else "falls" if all(d < 0 for d in steps) else "goes up and down"
+
+
+def knob_findings(results: Sequence[Mapping[str, Any]], train_images: int) -> Markdown:
+    """What this sweep's runs show, one bullet per knob that was swept, every number taken from ``results`` (the
+    runs' metrics; ``train_images``: images per epoch). Only what one seed and short runs can say."""
+    base = _run(results, "latent_dim", BASELINE.latent_dim)
+    if base is None:
+        return Markdown("The run with the lecture's settings is missing or diverged: nothing to compare with.")
+    epochs, lecture_steps = base["epochs"], 50 * OFFICIAL_SPLIT_SIZES["train"]
+    share = epochs * train_images / lecture_steps
+    lines = [(f"Every run: {epochs} epoch(s) over {train_images:,} images ({share:.2%} of the lecture's "
+              f"{lecture_steps:,} image-steps), one seed: differences of a few percent may be noise.")]
+    small = _run(results, "latent_dim", min(KNOB_VALUES["latent_dim"]))
+    if small is not None and small is not base:
+        lines.append(f"**Latent size**: with {small['latent_dim']} dimensions the reconstruction error is "
+                     f"{small['test_reconstruction'] / base['test_reconstruction']:.1f} times the 200-dimensional "
+                     f"model's ({small['test_reconstruction']:.0f} vs {base['test_reconstruction']:.0f}), PSNR "
+                     f"{small['psnr']:.1f} vs {base['psnr']:.1f} dB, probe {small['probe_balanced_accuracy']:.2f} vs "
+                     f"{base['probe_balanced_accuracy']:.2f} (0.5 is chance).")
+    weights = [r for r in _runs_of(results, "reconstruction_term_weight") if "diverged" not in r]
+    if len(weights) > 1:
+        said = " / ".join(f"{r['reconstruction_term_weight']:g}" for r in weights)
+        rec, kl = [r["test_reconstruction"] for r in weights], [r["test_kl"] for r in weights]
+        lines.append(f"**Reconstruction weight** {said}: reconstruction {' / '.join(f'{v:.0f}' for v in rec)} "
+                     f"({_ordered(rec)}), KL {' / '.join(f'{v:.0f}' for v in kl)} ({_ordered(kl)}); theory expects "
+                     "the reconstruction to fall and the KL to rise as the weight grows.")
+        distances = [r.get("fd_baseline_encoder") for r in weights]
+        if None not in distances:
+            lines.append(f"The samples' Fréchet distance {_ordered(distances)} with the weight "
+                         f"({' / '.join(f'{v:.1f}' for v in distances)}): {base['num_samples']} samples, one seed, "
+                         "measured in the baseline encoder's space (which favours the baseline), so read it as a "
+                         "hint, not a ranking.")
+    nearest = _run(results, "decoder", "nearest")
+    if nearest is not None:
+        lines.append(f"**Decoder**: SSIM {nearest['ssim']:.3f} with nearest-neighbour upsampling vs {base['ssim']:.3f}"
+                     f" with transposed convolutions ({nearest['ssim'] - base['ssim']:+.3f}); test loss "
+                     f"{nearest['test_loss']:.0f} vs {base['test_loss']:.0f}; checkerboard of samples "
+                     f"{nearest['checkerboard']:.2f} vs {base['checkerboard']:.2f} (1 = none).")
+    rates = [r for r in _runs_of(results, "learning_rate") if r is not base]
+    for run in rates:
+        rate = f"**Learning rate {run['learning_rate']:g}**"
+        if "diverged" in run:
+            lines.append(f"{rate} diverged: {run['diverged']}")
+        else:
+            lines.append(f"{rate}: test loss {run['test_loss']:.0f}, {run['test_loss'] / base['test_loss']:.2f} times "
+                         f"the lecture rate's {base['test_loss']:.0f} after the same {epochs} epoch(s).")
+    measured = [r for r in results if "diverged" not in r]
+    partial = [f"{r['name']} ({r['active_units']} of {r['latent_dim']})" for r in measured
+               if r["active_units"] < r["latent_dim"]]
+    lines.append(f"**Active units**: some dimensions collapsed to the prior in {', '.join(partial)}." if partial else
+                 f"**Active units**: every run kept all its latent dimensions active: no collapse is seen in runs "
+                 f"of {epochs} epoch(s), which says nothing about how many the lecture's 50 epochs keep.")
+    return Markdown("\n".join(f"* {line}" for line in lines))

@@ -10,7 +10,7 @@ shows it as the lecture's scripts expect.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from matplotlib.backends import BackendFilter, backend_registry
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from celeba_vae.atomic_files import atomic_write
 from celeba_vae.celeba_files import attribute_index
@@ -58,16 +58,21 @@ def plot_training_loss(
     custom_label: str = "",
     title: str | None = None,
     save_path: str | Path | None = None,
+    unit: str = "per image",
 ) -> Figure:
-    """Minibatch loss and its running average over iterations, with an epoch axis (the lecture's plot)."""
+    """Minibatch loss and its running average over iterations, with an epoch axis (the lecture's plot).
+
+    The loss axis is logarithmic (when every loss is positive), so the first epoch's steep fall and the last
+    epochs' slow one both show; ``unit`` names what one value of the loss is.
+    """
     losses = np.asarray(minibatch_losses, dtype=float)
-    fig, ax1 = plt.subplots()
+    fig, ax1 = plt.subplots(figsize=(8, 4))
     ax1.plot(range(len(losses)), losses, label=f"Minibatch Loss{custom_label}")
     ax1.set_xlabel("Iterations")
-    ax1.set_ylabel("Loss")
-    num_losses = len(losses) // 2 if len(losses) < 1000 else 1000
-    if len(losses) > num_losses:
-        ax1.set_ylim([0, np.max(losses[num_losses:]) * 1.5])
+    positive = bool(len(losses)) and bool((losses > 0).all())
+    if positive:
+        ax1.set_yscale("log")
+    ax1.set_ylabel(f"Loss ({unit}{', log scale' if positive else ''})")
     window = max(1, min(averaging_iterations, len(losses)))
     running = np.convolve(losses, np.ones(window) / window, mode="valid")
     ax1.plot(np.arange(window - 1, len(losses)), running, label=f"Running Average{custom_label}")
@@ -98,7 +103,7 @@ def plot_faces_with_attributes(
     images, labels = next(iter(data_loader))
     images, labels = images[:n_images], labels[:n_images].cpu()
     columns = [attribute_index(name) for name in attributes]
-    fig, axes = plt.subplots(1, len(images), figsize=(1.9 * len(images), 2.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(images), figsize=(1.5 * len(images), 2.6), squeeze=False)
     for ax, image, label in zip(axes[0], images, labels, strict=True):
         show_image(ax, image)
         if label.numel():
@@ -113,24 +118,36 @@ def plot_generated_images(
     model: torch.nn.Module,
     device: str | torch.device,
     unnormalizer: Unnormalizer = None,
-    figsize: tuple[float, float] = (20, 2.5),
-    n_images: int = 15,
+    figsize: tuple[float, float] | None = None,
+    n_images: int = 8,
     modeltype: str = "autoencoder",
     title: str | None = None,
     save_path: str | Path | None = None,
 ) -> Figure:
-    """Originals (top row) and their reconstructions (bottom row) from the first batch of ``data_loader``."""
+    """Originals (top row) and their reconstructions (bottom row) from the first batch of ``data_loader``.
+
+    Eight faces by default, 1.4 inches each (140 pixels in the PNG, over 100 at notebook width), rows labelled,
+    so blur and checkerboards can be judged.
+    """
     if modeltype not in ("autoencoder", "VAE"):
         raise ValueError(f"modeltype={modeltype!r} is not supported; use 'autoencoder' or 'VAE'")
     features, _ = next(iter(data_loader))
     features = features[:n_images].to(device)
     with eval_mode(model):
         decoded = model(features)[3] if modeltype == "VAE" else model(features)
+    figsize = figsize or (1.4 * len(features) + 0.6, 3.2)
     fig, axes = plt.subplots(nrows=2, ncols=len(features), sharex=True, sharey=True, figsize=figsize, squeeze=False)
     for i in range(len(features)):
         show_image(axes[0][i], features[i], unnormalizer)
         show_image(axes[1][i], decoded[i], unnormalizer)
+    _label_rows(axes, ["original", "reconstruction"])
     return save_figure(fig, save_path, title)
+
+
+def _label_rows(axes: np.ndarray, labels: Sequence[str]) -> None:
+    """Write each row's label left of its first image (the axes are off, so a ylabel would not show)."""
+    for row, label in zip(axes, labels, strict=True):
+        row[0].text(-0.06, 0.5, label, transform=row[0].transAxes, ha="right", va="center", rotation=90)
 
 
 @torch.no_grad()
@@ -139,18 +156,47 @@ def plot_images_sampled_from_vae(
     device: str | torch.device,
     latent_size: int,
     unnormalizer: Unnormalizer = None,
-    num_images: int = 10,
+    num_images: int = 8,
     title: str | None = None,
     save_path: str | Path | None = None,
     generator: torch.Generator | None = None,
+    per_row: int = 8,
 ) -> Figure:
-    """Decode ``num_images`` codes drawn from N(0, I): new faces."""
+    """Decode ``num_images`` codes drawn from N(0, I): new faces, ``per_row`` to a row (1.4 inches each)."""
     z = torch.randn(num_images, latent_size, generator=generator)
     with eval_mode(model):
         images = model.decode(z.to(device)).cpu()
-    fig, axes = plt.subplots(nrows=1, ncols=num_images, figsize=(2 * num_images, 2.5), squeeze=False)
-    for ax, image in zip(axes[0], images, strict=True):
-        show_image(ax, image, unnormalizer)
+    ncols = min(per_row, num_images)
+    nrows = -(-num_images // ncols)
+    fig, axes = plt.subplots(nrows=nrows, ncols=ncols, figsize=(1.4 * ncols, 1.45 * nrows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < num_images:
+            show_image(ax, images[i], unnormalizer)
+        else:
+            ax.remove()
+    return save_figure(fig, save_path, title)
+
+
+def plot_zoomed_crops(
+    images: Mapping[str, torch.Tensor],
+    box: tuple[int, int, int] = (40, 40, 32),
+    zoom: int = 4,
+    title: str | None = None,
+    save_path: str | Path | None = None,
+) -> Figure:
+    """Each (3, H, W) image of ``images`` (label -> image) whole, with the crop ``box`` = (top, left, size) marked,
+    and that crop enlarged ``zoom`` times by repeating pixels, so a 2-pixel checkerboard becomes visible."""
+    top, left, size = box
+    fig, axes = plt.subplots(2, len(images), figsize=(3.2 * len(images), 6.6), squeeze=False)
+    for col, (label, image) in enumerate(images.items()):
+        if top + size > image.shape[-2] or left + size > image.shape[-1]:
+            raise ValueError(f"the crop box {box} does not fit the {label} image of shape {tuple(image.shape)}")
+        show_image(axes[0][col], image)
+        axes[0][col].add_patch(plt.Rectangle((left - 0.5, top - 0.5), size, size, fill=False, color="red", lw=1.5))
+        axes[0][col].set_title(label)
+        crop = image[:, top:top + size, left:left + size]
+        show_image(axes[1][col], crop.repeat_interleave(zoom, dim=-2).repeat_interleave(zoom, dim=-1))
+        axes[1][col].set_title(f"red box, {zoom}x", fontsize=9)
     return save_figure(fig, save_path, title)
 
 
@@ -185,14 +231,24 @@ def plot_latent_histograms(
 
 
 def plot_latent_summary(
-    z: torch.Tensor | np.ndarray, title: str | None = None, save_path: str | Path | None = None
+    z: torch.Tensor | np.ndarray,
+    title: str | None = None,
+    save_path: str | Path | None = None,
+    z_mean: torch.Tensor | np.ndarray | None = None,
 ) -> Figure:
-    """All dimensions at once: per-dimension mean and std against N(0, 1), and the pooled histogram."""
+    """All dimensions at once: per-dimension mean and std against N(0, 1), and the pooled histogram.
+
+    With ``z_mean`` (the posterior means) each dimension also gets the standard deviation of its means across
+    faces: how much it tells faces apart (an inactive unit's is near 0 although its sampled codes' std is 1).
+    """
     z = np.asarray(z.detach().cpu() if isinstance(z, torch.Tensor) else z)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.5), gridspec_kw={"width_ratios": [2, 1]})
     dims = np.arange(z.shape[1])
-    ax1.bar(dims, z.std(axis=0), color="tab:blue", alpha=0.6, label="std")
-    ax1.plot(dims, z.mean(axis=0), ".", color="tab:orange", label="mean")
+    ax1.bar(dims, z.std(axis=0), color="tab:blue", alpha=0.6, label="std of z")
+    if z_mean is not None:
+        means = np.asarray(z_mean.detach().cpu() if isinstance(z_mean, torch.Tensor) else z_mean)
+        ax1.plot(dims, means.std(axis=0), "_", color="black", ms=6, label="std of the means mu")
+    ax1.plot(dims, z.mean(axis=0), ".", color="tab:orange", label="mean of z")
     ax1.axhline(1, color="tab:red", lw=1, label="N(0, 1): std 1")
     ax1.axhline(0, color="black", lw=0.8)
     ax1.set_xlabel("latent dimension")
@@ -267,3 +323,47 @@ def save_gif(frames: torch.Tensor, path: str | Path, duration_ms: int = 100) -> 
         pictures[0].save(f, format="GIF", save_all=True, append_images=pictures[1:], duration=duration_ms, loop=0)
 
     return atomic_write(path, write)
+
+
+def save_epoch_gif(
+    folder: str | Path,
+    path: str | Path,
+    num_epochs: int | None = None,
+    faces: int = 4,
+    max_bytes: int = 700_000,
+    duration_ms: int = 600,
+) -> Path:
+    """An animated GIF of the ``epoch_*.png`` that :class:`helper_train.EpochImages` wrote to ``folder`` (the first
+    ``num_epochs``), each frame stamped "epoch k of n".
+
+    Each frame keeps the first ``faces`` columns at full resolution (a 2-pixel checkerboard survives no
+    shrinking); with many epochs, evenly spaced ones (always the first and the last) are kept so that the file
+    stays under ``max_bytes`` and an executed notebook that shows it stays small.
+    """
+    files = sorted(Path(folder).glob("epoch_*.png"))[:num_epochs]
+    if not files:
+        raise FileNotFoundError(f"no epoch_*.png in {folder}; train with epoch_images=EpochImages(...) first")
+    frames = [_stamped_frame(file, len(files), faces) for file in files]
+    keep = len(frames)
+    while True:
+        chosen = [frames[round(i * (len(frames) - 1) / max(keep - 1, 1))] for i in range(keep)]
+        buffer = io.BytesIO()
+        chosen[0].save(buffer, format="GIF", save_all=True, append_images=chosen[1:], duration=duration_ms, loop=0)
+        if buffer.tell() <= max_bytes or keep <= 2:
+            break
+        keep = max(2, keep * max_bytes // buffer.tell())
+    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def _stamped_frame(file: Path, num_epochs: int, faces: int) -> Image.Image:
+    """One epoch's grid (three rows of square faces, 2 pixels of padding) cut to ``faces`` columns, with a strip
+    on top that says which epoch it shows."""
+    with Image.open(file) as picture:
+        grid = picture.convert("RGB")
+    size = (grid.height - 2) // 3 - 2
+    width = min(grid.width, 2 + faces * (size + 2))
+    frame = Image.new("RGB", (width, grid.height + 22), "white")
+    frame.paste(grid.crop((0, 0, width, grid.height)), (0, 22))
+    ImageDraw.Draw(frame).text((4, 4), f"epoch {int(file.stem.split('_')[1])} of {num_epochs}", fill="black",
+                               font_size=14)
+    return frame

@@ -37,6 +37,9 @@ def attribute_probe(
 ) -> list[dict[str, Any]]:
     """One standardized logistic regression per attribute, fitted on training codes and scored on held-out codes.
 
+    The regression weighs both classes equally (``class_weight="balanced"``), as balanced accuracy scores them:
+    unweighted, a rare attribute's probe minimizes its loss by mostly answering "no".
+
     Returns per attribute: ``attribute``, ``probeable`` (False when the training codes hold a single class; the
     scores are then NaN), ``accuracy``, ``balanced_accuracy`` (mean recall over the classes in the test labels;
     0.5 is chance), ``majority_accuracy`` (test accuracy of always predicting the training majority) and
@@ -56,7 +59,7 @@ def attribute_probe(
             results.append({**result, "accuracy": math.nan, "balanced_accuracy": math.nan,
                             "majority_accuracy": math.nan})
             continue
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, class_weight="balanced"))
         predicted = probe.fit(z_train, train_labels).predict(z_test)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")

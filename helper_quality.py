@@ -5,6 +5,8 @@
 * :func:`spectral_report`: power spectra of real faces, reconstructions and samples, with both measures.
 * :func:`run_record` and :func:`run_summary`: a training run's final losses and quality, stored and shown.
 * :func:`decoder_comparison_table`: the decoders side by side.
+* :class:`FrechetScore`, :func:`inception_fid`, :class:`PosteriorMeans`: Fréchet distances of samples to real faces
+  (FID, whose Inception-v3 weights are downloaded on first use, or in a trained encoder's space, which is not FID).
 
 The linear probe of the latent space lives in :mod:`helper_probe`, the latent explorer in :mod:`helper_explorer`.
 """
@@ -19,7 +21,9 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown
 from matplotlib.figure import Figure
+from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 
 from helper_data import first_images
 from helper_plotting import save_figure
@@ -291,3 +295,90 @@ def decoder_comparison_table(metrics: Mapping[str, Any]) -> Markdown:
     if real:
         rows.append(["real test faces", *[""] * 9, f"{real[0]:.2f}", ""])
     return markdown_table(header, rows, numbers_from=2)
+
+
+class PosteriorMeans(nn.Module):
+    """Feature extractor: the posterior means ``z_mean`` of a VAE (images in [0, 1]), in eval mode, no gradients.
+    A Fréchet distance in this space is **not FID**: it compares only runs scored by the same encoder."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+        self.num_features = vae.latent_dim
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with eval_mode(self.vae):
+            device = next(self.vae.parameters()).device
+            return self.vae.encode(images.to(device, torch.float32))[0].float()
+
+
+class _FeaturesOnHost(nn.Module):
+    """Runs ``extractor`` on ``device`` and hands its features to the CPU, where the metric keeps its float64 sums
+    (Apple's MPS has no float64). ``as_uint8``: the extractor wants bytes, as FID's Inception-v3 does."""
+
+    def __init__(self, extractor: nn.Module, num_features: int, device: torch.device, as_uint8: bool) -> None:
+        super().__init__()
+        self.extractor = extractor.to(device)
+        self.num_features = num_features
+        self.device = device
+        self.as_uint8 = as_uint8
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, torch.float32).clamp(0, 1)
+        if self.as_uint8:
+            images = images.mul(255).to(torch.uint8)
+        return self.extractor(images).float().cpu()
+
+
+class FrechetScore:
+    """The Fréchet distance of sets of generated images to one fixed set of real images (features computed once).
+
+    ``feature``: 2048 for FID's Inception-v3 pool features (the weights are downloaded on first use) or any
+    ``nn.Module`` with ``num_features`` mapping (B, 3, H, W) floats in [0, 1] to (B, D) features. The features are
+    computed on ``device`` in batches of ``batch_size``; their sums stay on the CPU in float64.
+    """
+
+    def __init__(self, real_images: torch.Tensor, feature: int | nn.Module = 2048, batch_size: int = 64,
+                 device: str | torch.device = "cpu") -> None:
+        if len(real_images) < 2:
+            raise ValueError(f"a Fréchet distance needs at least 2 real images, got {len(real_images)}")
+        self.batch_size = batch_size
+        if isinstance(feature, int):
+            extractor = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(feature)])
+            features = _FeaturesOnHost(extractor, feature, torch.device(device), as_uint8=True)
+        elif isinstance(getattr(feature, "num_features", None), int):
+            features = _FeaturesOnHost(feature, feature.num_features, torch.device(device), as_uint8=False)
+        else:
+            raise TypeError(f"the feature extractor {type(feature).__name__} needs an int num_features (its output "
+                            "width), as PosteriorMeans has")
+        self.metric = FrechetInceptionDistance(feature=features, reset_real_features=False)
+        self._update(real_images, real=True)
+        self.num_real = len(real_images)
+
+    def _update(self, images: torch.Tensor, real: bool) -> None:
+        for batch in images.split(self.batch_size):
+            self.metric.update(batch, real=real)
+
+    def __call__(self, generated_images: torch.Tensor) -> float:
+        """The distance of ``generated_images`` (N, 3, H, W) in [0, 1] to the real images given at construction."""
+        if len(generated_images) < 2:
+            raise ValueError(f"a Fréchet distance needs at least 2 generated images, got {len(generated_images)}")
+        self.metric.reset()
+        self._update(generated_images, real=False)
+        return float(self.metric.compute())
+
+
+def inception_fid(real_images: torch.Tensor, device: str | torch.device = "cpu") -> tuple[FrechetScore | None, str]:
+    """``(score, message)``: FID at the standard settings against ``real_images``, or ``None`` with the reason when
+    the Inception weights cannot be had (no internet and nothing in the torch hub cache, or torch-fidelity missing).
+    """
+    try:
+        score = FrechetScore(real_images, 2048, device=device)
+    except (OSError, ModuleNotFoundError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return None, (f"FID skipped: its Inception-v3 weights could not be loaded ({reason}); "
+                      "the other measures are reported without it.")
+    return score, (f"FID: Inception-v3 pool features (2048-d, images resized to 299x299), "
+                   f"{len(real_images):,} real test faces.")

@@ -5,16 +5,21 @@ Paths follow one rule (:mod:`celeba_vae.paths`): a relative path is relative to 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from celeba_vae.checkpoint import checkpoint_run_id
 from celeba_vae.paths import RunFiles, run_files
 from celeba_vae.recipes import Recipe, choose_recipe
 from celeba_vae.runtime import output_folder
 from helper_data import DatasetChoice, prepare_dataset
+from helper_train import EpochImages
 from helper_utils import get_device, load_model, set_all_seeds, update_metrics
+from model import DECODERS
 
 
 @dataclass(frozen=True)
@@ -49,8 +54,31 @@ class NotebookSetup:
         return self.files().metrics
 
     def record(self, section: str, values: dict[str, object]) -> None:
-        """Write ``values`` into ``section`` of this run's ``metrics.json``."""
-        update_metrics(self.metrics, section, values)
+        """Write ``values`` into ``section`` of this run's ``metrics.json``, tied to the weights they measured: an
+        entry keyed by a decoder is recorded with the run id of that decoder's checkpoint, and results measured on
+        weights a new run has since replaced are dropped (:func:`helper_utils.update_metrics`)."""
+        run_ids = {decoder: checkpoint_run_id(path) for decoder in DECODERS
+                   if (path := self.files(decoder).checkpoint).is_file()}
+        update_metrics(self.metrics, section, values, run_ids)
+
+    def training_options(self, plan: Recipe, train_loader: Iterable, valid_loader: Iterable,
+                         test_loader: Iterable, latent_dim: int, resume: bool, precision: str,
+                         compile: bool) -> dict[str, Any]:
+        """The keyword arguments of :func:`helper_train.train_vae_v1` that go beyond the lecture: validation,
+        where the checkpoint, the lecture's ``vae_celeba_02.pt`` and the per-epoch pictures of test faces go,
+        resuming, precision, ``torch.compile``, and what the checkpoint records about the run."""
+        files = self.files()
+        return {
+            "valid_loader": valid_loader,
+            "checkpoint_path": files.checkpoint,
+            "resume": resume,
+            "precision": precision,
+            "compile": compile,
+            "settings": self.checkpoint_settings(plan, len(train_loader.dataset)),
+            "save_model": files.weights,
+            "epoch_images": EpochImages.from_loader(test_loader, files.epoch_images, seed=self.seed,
+                                                    latent_dim=latent_dim),
+        }
 
     def title(self, text: str) -> str:
         """A figure title that says plainly when the faces are synthetic."""

@@ -7,7 +7,7 @@ import json
 import math
 import os
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,10 @@ from IPython.display import Markdown
 
 from celeba_vae.atomic_files import atomic_write
 from celeba_vae.checkpoint import check_settings, load_checkpoint
+from celeba_vae.runtime import cuda_usable, unsupported_gpu
 from model import VAE
+
+RUN_IDS = "run_ids"  # metrics.json's section saying which weights (run id per decoder) each entry measured
 
 
 def set_all_seeds(seed: int) -> None:
@@ -37,15 +40,21 @@ def set_deterministic() -> None:
 
 
 def get_device(device: str | torch.device | None = None) -> torch.device:
-    """The requested device, or the best available one: cuda > mps > cpu."""
+    """The requested device, or the best available one: cuda > mps > cpu.
+
+    A CUDA card the installed torch cannot drive (Kaggle's P100, say) is never chosen: ``"auto"`` says why in two
+    lines and picks the CPU; ``"cuda"`` stops with that reason.
+    """
     if device not in (None, "auto"):
         chosen = torch.device(device)
         if chosen.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device={device!r} was requested but CUDA is not available; use 'cpu' or 'auto'")
+        if chosen.type == "cuda" and (reason := unsupported_gpu()):
+            raise RuntimeError(f"device={device!r}: {reason} Or use device='auto' or 'cpu'.")
         if chosen.type == "mps" and not torch.backends.mps.is_available():
             raise RuntimeError(f"device={device!r} was requested but MPS is not available; use 'cpu' or 'auto'")
         return chosen
-    if torch.cuda.is_available():
+    if cuda_usable():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
         return torch.device("mps")
@@ -86,11 +95,32 @@ def load_model(
     return model.to(device).eval()
 
 
-def update_metrics(path: str | Path, section: str, values: dict[str, Any]) -> None:
+def update_metrics(
+    path: str | Path, section: str, values: dict[str, Any], run_ids: Mapping[str, str | None] | None = None
+) -> None:
     """Merge ``values`` into ``section`` of the metrics JSON at ``path`` (written atomically); :func:`read_metrics`
-    reads it back. Returns nothing, so a notebook cell that ends with it prints nothing."""
+    reads it back. Returns nothing, so a notebook cell that ends with it prints nothing.
+
+    Given ``run_ids`` (the run id of each decoder's weights now on disk), the file never presents two models'
+    results as one: the entries of ``values`` keyed by a decoder are recorded, in the file's ``"run_ids"`` section,
+    as measured on those weights, and every entry measured on other weights of that decoder is dropped (the file as
+    it was is kept as ``metrics.json.bak``), said in one line.
+    """
     path = Path(path)
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics = read_metrics(path)
+    if run_ids is not None:
+        stamps = metrics.setdefault(RUN_IDS, {})
+        stale = [(name, decoder) for name, entries in metrics.items() if name != RUN_IDS and isinstance(entries, dict)
+                 for decoder in entries if decoder in run_ids and stamps.get(name, {}).get(decoder) != run_ids[decoder]
+                 and not (name == section and decoder in values)]
+        if stale:
+            atomic_write(path.with_name(path.name + ".bak"), lambda f: f.write(path.read_bytes()))
+            for name, decoder in stale:
+                del metrics[name][decoder]
+                stamps.get(name, {}).pop(decoder, None)
+            print(f"{path.name}: dropped {', '.join(f'{name} ({decoder})' for name, decoder in stale)}, measured on "
+                  f"weights since replaced; the previous file is {path.name}.bak")
+        stamps.setdefault(section, {}).update({key: run_ids[key] for key in values if key in run_ids})
     metrics.setdefault(section, {}).update(values)
     atomic_write(path, lambda f: f.write(json.dumps(metrics, indent=2).encode()))
 

@@ -8,36 +8,37 @@
     python run_lecture.py --knobs           # then notebook 5: short runs, one knob changed at a time (--knobs decoder)
 
 Relative paths are relative to the repository root. Every input is checked before any work starts. Writes the
-executed notebooks, every figure (PNG) and metrics.json under --output-dir.
+executed notebooks, every figure (PNG) and metrics.json under --output-dir. The terminal gets one line per notebook
+and one per epoch; each notebook's own output is in its executed copy.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
-import papermill as pm
-from jupyter_client.manager import AsyncKernelManager
-from traitlets import Unicode, default
+from celeba_vae.paths import REPO_ROOT, project_path, run_files
+from celeba_vae.recipes import KNOB_NAMES, RECIPES, recipe_line, recipe_name
 
-from celeba_vae import selfcheck
-from celeba_vae.checkpoint import check_settings, load_checkpoint
-from celeba_vae.paths import REPO_ROOT, project_path
-from celeba_vae.recipes import RECIPES, choose_recipe
-from helper_data import DatasetChoice, prepare_dataset
-from helper_knobs import KNOB_VALUES
-from helper_utils import get_device
-from model import VAE
+if TYPE_CHECKING:
+    import torch
 
+    from helper_data import DatasetChoice
+
+# torch, papermill and the helpers are imported where the work starts, so --help and a bad argument answer at once.
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 TRAIN, SAMPLE, LATENT, ARITHMETIC = (
     "1_train_vae.ipynb", "2_sample_and_reconstruct.ipynb", "3_latent_histograms.ipynb", "4_latent_arithmetic.ipynb"
 )
 KNOBS = "5_what_the_knobs_do.ipynb"
+# The lines of a notebook the terminal shows: train_vae_v1's summary of an epoch, and notebook 5's line per run.
+SHOWN_LINES = re.compile(r"\*\*\*Epoch: |\[\d+/\d+\] ")
 
 
 class InputError(Exception):
@@ -104,13 +105,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--loader", choices=["fast", "lecture"], default="fast")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     parser.add_argument("--resume", action="store_true", help="continue training from the last saved epoch")
-    parser.add_argument("--num-latent-images", type=positive, default=10000, help="images encoded for histograms")
+    parser.add_argument("--num-latent-images", type=positive,
+                        help="training images encoded for the histograms (default: those the recipe trained on, "
+                             "at most 10,000)")
     parser.add_argument("--output-dir", default=None, help="default: the repository's outputs/ ($CELEBA_VAE_OUTPUTS)")
     parser.add_argument("--seed", type=_whole_number(0), default=123)
     parser.add_argument("--self-check", action="store_true", help="check this machine's training paths and exit")
-    parser.add_argument("--knobs", nargs="*", choices=list(KNOB_VALUES), metavar="KNOB",
+    parser.add_argument("--knobs", nargs="*", choices=KNOB_NAMES, metavar="KNOB",
                         help=f"after the others, run notebook 5's sweep over these knobs (none named: all of "
-                             f"{', '.join(KNOB_VALUES)})")
+                             f"{', '.join(KNOB_NAMES)})")
     return parser.parse_args(argv)
 
 
@@ -126,6 +129,8 @@ def dataset_asked(args: argparse.Namespace) -> str:
 
 def check_data(args: argparse.Namespace) -> DatasetChoice:
     """Decide the data as the notebooks will (:func:`prepare_dataset`, downloading first if asked), checking them."""
+    from helper_data import prepare_dataset
+
     try:
         return prepare_dataset(dataset_asked(args), project_path(args.data_root, "data"), args.num_synthetic,
                                args.seed, download=args.download)
@@ -148,8 +153,11 @@ def check_output_dir(output_dir: Path) -> None:
 
 def check_resume(output_dir: Path, decoders: list[str], data: dict[str, object]) -> None:
     """--resume needs, for every decoder, a readable checkpoint of that model trained on these data."""
+    from celeba_vae.checkpoint import check_settings, load_checkpoint
+    from model import VAE
+
     for decoder in decoders:
-        path = output_dir / decoder / "checkpoint.pt"
+        path = run_files(output_dir, decoder).checkpoint
         if not path.is_file():
             raise InputError(f"--resume: there is no checkpoint to resume at {path}; run without --resume to start "
                              "training, or give the --output-dir of the interrupted run")
@@ -159,56 +167,111 @@ def check_resume(output_dir: Path, decoders: list[str], data: dict[str, object])
             raise InputError(f"--resume: {_problem(err)}") from None
 
 
-class IPCKernelManager(AsyncKernelManager):
-    """A kernel reached over local sockets in a private folder (no unencrypted TCP, nothing in the working dir)."""
+def kernel_manager(socket_folder: Path) -> type:
+    """The kernel manager the runner's notebooks use: it does not interrupt a kernel it is shutting down (jupyter_client
+    does, and an idle kernel then logs ``KeyboardInterrupt caught in kernel`` as an ERROR); except on Windows its
+    kernel is reached over local sockets in ``socket_folder`` (no unencrypted TCP, nothing in the working dir)."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import Unicode, default
 
-    transport = Unicode("ipc")
+    class QuietShutdownKernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            if not getattr(self, "shutting_down", False):
+                await super()._async_interrupt_kernel()
 
-    @default("ip")
-    def _socket_prefix(self) -> str:
-        return str(Path(tempfile.mkdtemp(prefix="celeba-vae-kernel-")) / "kernel")
+    if os.name == "nt":
+        return QuietShutdownKernelManager
+
+    class IPCKernelManager(QuietShutdownKernelManager):
+        transport = Unicode("ipc")
+
+        @default("ip")
+        def _socket_prefix(self) -> str:
+            return str(socket_folder / "kernel")
+
+    return IPCKernelManager
+
+
+class EpochLines:
+    """A stream for a kernel's stdout that passes on, indented, only the lines :data:`SHOWN_LINES` matches; the
+    rest of a notebook's output stays in the executed notebook."""
+
+    def __init__(self, terminal: TextIO) -> None:
+        self.terminal = terminal
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if SHOWN_LINES.match(line):
+                print(f"    {line.lstrip('*')}", file=self.terminal, flush=True)
+        return len(text)
+
+    def flush(self) -> None:
+        self.terminal.flush()
 
 
 def run_notebook(notebook: str, out: Path, parameters: dict[str, object]) -> None:
-    """Execute one notebook as Jupyter would (kernel in notebooks/); a failing cell becomes an InputError."""
-    manager = {} if os.name == "nt" else {"kernel_manager_class": IPCKernelManager}
+    """Execute one notebook as Jupyter would (kernel in notebooks/), showing only its epoch lines; a failing cell
+    becomes a NotebookFailed. The kernel's socket folder is removed afterwards."""
+    import papermill as pm
+
+    with tempfile.TemporaryDirectory(prefix="celeba-vae-kernel-") as sockets:
+        try:
+            pm.execute_notebook(NOTEBOOKS_DIR / notebook, out, parameters=parameters, cwd=str(NOTEBOOKS_DIR),
+                                kernel_name="python3", progress_bar=False, stdout_file=EpochLines(sys.stdout),
+                                kernel_manager_class=kernel_manager(Path(sockets)))
+        except pm.PapermillExecutionError as err:
+            last = (str(err.evalue).strip() or err.ename).splitlines()[-1]
+            raise NotebookFailed(f"{notebook} failed in cell {err.exec_count}: {err.ename}: {last}\n"
+                                 f"The executed notebook, with the full traceback: {out}") from None
+
+
+def choose_device(name: str) -> torch.device:
+    """The device ``--device`` names (:func:`helper_utils.get_device`), or an InputError saying why not."""
+    from helper_utils import get_device
+
     try:
-        pm.execute_notebook(NOTEBOOKS_DIR / notebook, out, parameters=parameters, cwd=str(NOTEBOOKS_DIR),
-                            kernel_name="python3", progress_bar=False, stdout_file=sys.stdout, **manager)
-    except pm.PapermillExecutionError as err:
-        last = (str(err.evalue).strip() or err.ename).splitlines()[-1]
-        raise NotebookFailed(f"{notebook} failed in cell {err.exec_count}: {err.ename}: {last}\n"
-                         f"The executed notebook, with the full traceback: {out}") from None
+        return get_device(name)
+    except RuntimeError as err:
+        raise InputError(f"--device {name}: {_problem(err)}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.self_check:
-        return selfcheck.main(["--device", args.device])
     try:
+        if args.self_check:
+            return self_check(args)
         return run(args)
     except InputError as err:
         print(f"run_lecture.py: {err}", file=sys.stderr)
         return err.exit_code
 
 
+def self_check(args: argparse.Namespace) -> int:
+    """Train through every path the device supports with the lecture's training step: 0 when all pass."""
+    from celeba_vae.selfcheck import run_self_check
+    from helper_train import train_vae_v1
+
+    return 0 if run_self_check(train_vae_v1, choose_device(args.device)) else 1
+
+
 def run(args: argparse.Namespace) -> int:
-    """Check every input, then run the notebooks."""
-    try:
-        device = get_device(args.device)
-    except RuntimeError as err:
-        raise InputError(f"--device {args.device}: {_problem(err).splitlines()[0]}") from None
+    """Check every input, then run the notebooks: one line per notebook, one per epoch."""
+    started = time.monotonic()
+    device = choose_device(args.device)
     data = check_data(args)
     output_dir = project_path(args.output_dir, "outputs")
     check_output_dir(output_dir)
     decoders = ["transpose", "nearest"] if args.decoder == "both" else [args.decoder]
     print(data.message)
-    choose_recipe(args.recipe, device, data.kind).override(
+    plan = RECIPES[recipe_name(args.recipe, device.type, data.kind)].changed(
         num_epochs=args.epochs, batch_size=args.batch_size, train_images=args.train_images,
         eval_images=args.eval_images)
+    print(recipe_line(args.recipe, plan))
     if args.resume:
         check_resume(output_dir, decoders, data.record())
-    executed = output_dir / "notebooks"
+    executed = run_files(output_dir, decoders[0]).notebooks
     executed.mkdir(parents=True, exist_ok=True)
     common = {"dataset": dataset_asked(args), "data_root": str(project_path(args.data_root, "data")),
               "output_dir": str(output_dir), "device": args.device,
@@ -221,16 +284,18 @@ def run(args: argparse.Namespace) -> int:
     for decoder in decoders:
         steps += [(SAMPLE, decoder, {}), (LATENT, decoder, {"num_images": args.num_latent_images}),
                   (ARITHMETIC, decoder, {"interactive": False})]
-    for notebook, decoder, extra in steps:
-        out = executed / f"{Path(notebook).stem}_{decoder}.ipynb"
-        print(f"Running {notebook} ({decoder}) -> {out}")
-        run_notebook(notebook, out, {**common, "decoder": decoder, **extra})
     if args.knobs is not None:
-        sweep = {"knobs": args.knobs or list(KNOB_VALUES), "num_epochs": args.epochs, "batch_size": args.batch_size,
+        sweep = {"knobs": args.knobs or list(KNOB_NAMES), "num_epochs": args.epochs, "batch_size": args.batch_size,
                  "train_images": args.train_images, "eval_images": args.eval_images}
-        print(f"Running {KNOBS} -> {executed / KNOBS}")
-        run_notebook(KNOBS, executed / KNOBS, {**common, **sweep})
-    print(f"Figures: {output_dir / 'figures'}\nMetrics: {output_dir / 'metrics.json'}")
+        steps.append((KNOBS, None, sweep))
+    print(f"Each notebook's own output (tables, figures, messages) is in its executed copy in {executed}")
+    for number, (notebook, decoder, extra) in enumerate(steps, start=1):
+        name = Path(notebook).stem + (f"_{decoder}" if decoder else "")
+        print(f"[{number}/{len(steps)}] {notebook}" + (f" ({decoder})" if decoder else ""), flush=True)
+        run_notebook(notebook, executed / f"{name}.ipynb", {**common, **({"decoder": decoder} if decoder else {}),
+                                                               **extra})
+    files = run_files(output_dir, decoders[0])
+    print(f"Done in {(time.monotonic() - started) / 60:.1f} min. Figures: {files.figures} | metrics: {files.metrics}")
     return 0
 
 

@@ -1,4 +1,3 @@
-"""The machinery no notebook imports: where CelebA is and how it reads (``celeba_files``, ``hub``), the decoded
-cache (``decoded_cache``), GPU placement (``gpu_budget``), precision (``precision``), the checkpoint format and
-atomic files (``checkpoint``, ``atomic_files``), paths and recipes (``paths``, ``recipes``), synthetic faces
-(``synthetic``) and the self-check (``selfcheck``). What the notebooks import sits at the top level."""
+"""The machinery under the lecture's files. Notebooks reach it through the top-level helpers, except every
+notebook's setup cell, which imports ``celeba_vae.runtime`` first. Nothing here imports a top-level module but
+``model.py``. One line per module: ``celeba_vae/README.md``."""

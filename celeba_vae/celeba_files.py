@@ -34,6 +34,7 @@ from celeba_vae.hub import (
     HubUnreachable,
     download_hub,
     find_hub_shards,
+    hub_row_groups,
     hub_stamps,
     iter_hub_bytes,
     read_hub_table,
@@ -127,6 +128,11 @@ class CelebASource:
         for name in names:
             yield self.read_image(name, crop_size)
 
+    def row_groups(self, names: list[str]) -> np.ndarray | None:
+        """The row group each image is read with (images of one group are read together), or ``None`` when each
+        image is a file of its own."""
+        return None
+
     def stamps(self, names: Iterable[str]) -> Iterator[str]:
         """One short string per image that changes when its file changes (name, size, mtime)."""
         for name in names:
@@ -158,6 +164,10 @@ class HubSource(CelebASource):
             img = _open_rgb(io.BytesIO(data), label)
             _check_size(img, label, crop_size)
             yield img
+
+    def row_groups(self, names: list[str]) -> np.ndarray:
+        """The parquet row group each image is read with, numbered across the shards."""
+        return hub_row_groups(self.shards, read_hub_table(self.shards, CELEBA_ATTRIBUTE_NAMES), names)
 
     def stamps(self, names: Iterable[str]) -> Iterator[str]:
         """One short string per image that changes when its shard changes (shard path, size, mtime, row)."""
@@ -195,14 +205,19 @@ def _say_once(line: str) -> None:
 def derived_folder(folder: Path) -> Path:
     """Where files made from the data folder ``folder`` go (an extracted zip, the decoded cache).
 
-    ``folder`` itself when it can be written, else :func:`paths.writable_cache` (said once, in one line): nothing
-    is ever written into a read-only data folder.
+    ``folder`` itself when it can be written and ``$CELEBA_VAE_CACHE`` is not set (or ``folder`` is already in
+    it), else :func:`paths.writable_cache` (said once, in one line): nothing is ever written into a read-only data
+    folder, and setting the variable moves the cache off a full disk.
     """
-    if can_write(folder):
-        return folder
     cache = writable_cache(folder)
-    _say_once(f"{folder} is read-only: what is made from it (decoded cache, extracted zip) goes to {cache} "
-              f"(${CACHE_ENV} moves it).")
+    moved = bool(os.environ.get(CACHE_ENV)) and not folder.resolve().is_relative_to(cache.parent.resolve())
+    if can_write(folder) and not moved:
+        return folder
+    if can_write(folder):
+        _say_once(f"${CACHE_ENV} is set: what is made from {folder} (decoded cache, extracted zip) goes to {cache}.")
+    else:
+        _say_once(f"{folder} is read-only: what is made from it (decoded cache, extracted zip) goes to {cache} "
+                  f"(${CACHE_ENV} moves it).")
     return cache
 
 

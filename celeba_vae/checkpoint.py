@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +79,11 @@ def save_checkpoint(
     log_dict: dict[str, list[float]] | None = None,
     settings: dict[str, Any] | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    run_id: str | None = None,
 ) -> Path:
     """Atomically save model, optimizer, completed ``epoch``, RNG states (those of the model's device among the GPU
-    generators, see :func:`rng_states`), log, settings and the fp16 gradient ``scaler`` (when one is enabled)."""
+    generators, see :func:`rng_states`), log, settings, the fp16 gradient ``scaler`` (when one is enabled) and the
+    ``run_id`` of the training run that wrote it (a new one when none is given)."""
     model = getattr(model, "_orig_mod", model)
     parameter = next(model.parameters(), None)
     checkpoint = {
@@ -92,8 +95,15 @@ def save_checkpoint(
         "log": log_dict or {},
         "settings": {**(settings or {}), **model.settings()} if isinstance(model, VAE) else dict(settings or {}),
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "run_id": run_id or uuid.uuid4().hex,
     }
     return atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+def save_weights(path: str | Path, model: torch.nn.Module) -> Path:
+    """Atomically save the model's plain state dict, the lecture's ``vae_celeba_02.pt`` format."""
+    state = getattr(model, "_orig_mod", model).state_dict()
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -118,6 +128,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if all(isinstance(v, torch.Tensor) for v in loaded.values()):
         return {"model": loaded, "epoch": None, "settings": {}, "log": {}}
     raise ValueError(f"checkpoint {path} is not a celeba-vae checkpoint nor a plain state dict")
+
+
+def checkpoint_run_id(path: str | Path) -> str | None:
+    """The ``run_id`` of the training run that wrote the checkpoint at ``path`` (kept when a run is resumed), or None
+    for checkpoints from before run ids and plain state dicts."""
+    return load_checkpoint(path).get("run_id")
 
 
 def _describe_data(data: dict[str, Any]) -> str:

@@ -10,23 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import hashlib
 import json
 import os
 import platform
+import threading
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from celeba_vae import gpu_budget
-from celeba_vae.atomic_files import atomic_path, atomic_write
+from celeba_vae.atomic_files import atomic_path, atomic_write, check_free_space, remove_stale_temporaries
 from celeba_vae.celeba_files import (
     CROP_SIZE,
     CelebAIndex,
@@ -36,10 +39,14 @@ from celeba_vae.celeba_files import (
     find_celeba,
     read_index,
 )
+from celeba_vae.paths import CACHE_ENV
 
 CACHE_VERSION = 1
 CHUNK = 256
 UPLOAD_CHUNK_BYTES = 64 << 20
+SPARE_BYTES = 256 << 20  # left free after a cache is built, for the run's checkpoints and figures
+ELSEWHERE = (f"Free some space, or put the cache on a disk with room: set the environment variable {CACHE_ENV} to a "
+             "folder there before the loaders are built (os.environ in a notebook), or move the data folder there.")
 
 
 @dataclass
@@ -116,6 +123,18 @@ def _free_data_path(data_path: Path, key: str) -> Path:
     return other
 
 
+def _check_room(data_path: Path, shape: tuple[int, ...]) -> None:
+    """Remove what killed builds of ``data_path`` left, then stop (``OSError``) before anything is written when its
+    disk has no room for the cache (an old cache there counts as room: it is replaced)."""
+    remove_stale_temporaries(data_path)
+    try:
+        replaced = data_path.stat().st_size
+    except OSError:
+        replaced = 0
+    check_free_space(data_path.parent, int(np.prod(shape)) + SPARE_BYTES - replaced,
+                     f"the decoded cache {data_path.name} (and {SPARE_BYTES >> 20} MiB to spare)", ELSEWHERE)
+
+
 def _remove_leftovers(data_path: Path, stem: str) -> None:
     """Remove the earlier caches of ``stem`` (``{stem}.npy``, ``{stem}.*.npy``) other than ``data_path``, where
     nothing holds them any more."""
@@ -125,28 +144,65 @@ def _remove_leftovers(data_path: Path, stem: str) -> None:
                 old.unlink(missing_ok=True)
 
 
-def _decode_chunk(out: np.ndarray, source: CelebASource, names: list[str], start: int, crop_size: int) -> int:
+class _RowWriter:
+    """Writes decoded rows into the open ``.npy`` file ``file`` (header already written) from any thread.
+
+    Plain file writes, not a memory map: a full disk is then an ``OSError`` here rather than a SIGBUS that kills the
+    kernel, and on an error nothing maps the temporary file, so Windows lets it be removed.
+    """
+
+    def __init__(self, file: IO[bytes], row_bytes: int) -> None:
+        self.file, self.row_bytes, self.start = file, row_bytes, file.tell()
+        self.lock = threading.Lock()
+
+    def write(self, first_row: int, rows: np.ndarray) -> None:
+        with self.lock:
+            self.file.seek(self.start + first_row * self.row_bytes)
+            self.file.write(memoryview(np.ascontiguousarray(rows)).cast("B"))
+
+
+def _decode_chunk(writer: _RowWriter, source: CelebASource, names: list[str], start: int, crop_size: int) -> int:
+    rows = np.empty((len(names), 3, crop_size, crop_size), dtype=np.uint8)
     for offset, img in enumerate(source.iter_images(names, crop_size)):
-        out[start + offset] = center_crop(img, crop_size)
+        rows[offset] = center_crop(img, crop_size)
+    writer.write(start, rows)
     return len(names)
 
 
-def _decode_all(out: np.ndarray, source: CelebASource, filenames: list[str], crop_size: int, workers: int,
+def _chunks(source: CelebASource, filenames: list[str], size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive chunks of ``filenames`` of about ``size`` images each.
+
+    Where the source reads images by row groups (the Hub's parquet shards) a chunk holds whole row groups (a group
+    longer than ``size`` is a chunk of its own), so each group is read by one thread, once.
+    """
+    n = len(filenames)
+    groups = source.row_groups(filenames)
+    if groups is None:
+        return [(s, min(s + size, n)) for s in range(0, n, size)]
+    chunks, begin, last = [], 0, 0
+    for end in [*(np.flatnonzero(groups[1:] != groups[:-1]) + 1).tolist(), n]:
+        if end - begin > size and last > begin:
+            chunks.append((begin, last))
+            begin = last
+        last = end
+    return [*chunks, (begin, n)]
+
+
+def _decode_all(writer: _RowWriter, source: CelebASource, filenames: list[str], crop_size: int, workers: int,
                 bar: tqdm) -> None:
-    """Decode ``filenames`` into ``out`` in chunks, on ``workers`` threads (Pillow decodes without the GIL).
+    """Decode ``filenames`` through ``writer`` in chunks, on ``workers`` threads (Pillow decodes without the GIL).
 
     Threads start no process, so a learner's script needs no ``if __name__ == "__main__":`` guard; on an error
-    or an interrupt the chunks not yet started are cancelled.
+    or an interrupt the chunks not yet started are cancelled and the running ones finish before this returns.
     """
-    chunk = max(1, min(CHUNK, -(-len(filenames) // max(workers, 1))))
-    starts = range(0, len(filenames), chunk)
-    if workers <= 1 or len(starts) == 1:
-        for s in starts:
-            bar.update(_decode_chunk(out, source, filenames[s:s + chunk], s, crop_size))
+    chunks = _chunks(source, filenames, max(1, min(CHUNK, -(-len(filenames) // max(workers, 1)))))
+    if workers <= 1 or len(chunks) == 1:
+        for a, b in chunks:
+            bar.update(_decode_chunk(writer, source, filenames[a:b], a, crop_size))
         return
-    pool = ThreadPoolExecutor(min(workers, len(starts)), thread_name_prefix="decode")
+    pool = ThreadPoolExecutor(min(workers, len(chunks)), thread_name_prefix="decode")
     try:
-        jobs = [pool.submit(_decode_chunk, out, source, filenames[s:s + chunk], s, crop_size) for s in starts]
+        jobs = [pool.submit(_decode_chunk, writer, source, filenames[a:b], a, crop_size) for a, b in chunks]
         for job in as_completed(jobs):
             bar.update(job.result())
     finally:
@@ -174,7 +230,9 @@ def build_decoded_cache(
     CPU, at most 16; no process is started, so a script needs no ``if __name__ == "__main__":`` guard), written to
     a temporary file and renamed into place; a stale, truncated or corrupted cache is detected (fingerprint of
     names, sizes and mtimes; shape; sampled checksum) and rebuilt, beside the old file while another loader still
-    has that one memory-mapped (Windows cannot replace it then).
+    has that one memory-mapped (Windows cannot replace it then). Before a build the temporary files of killed
+    builds are removed and, when the disk lacks room for the cache, an ``OSError`` says so before anything is
+    written; an error or interrupt during the build leaves no file behind.
     """
     index = index if index is not None else read_index(find_celeba(root))
     filenames, attributes = index.split(split)
@@ -203,6 +261,8 @@ def _write_cache(
     shape: tuple[int, ...], num_workers: int | None, progress: bool,
 ) -> DecodedSplit:
     stem = data_path.stem
+    remove_stale_temporaries(meta_path)
+    _check_room(data_path, shape)
     try:
         data_path.parent.mkdir(parents=True, exist_ok=True)
         meta_path.unlink(missing_ok=True)
@@ -210,15 +270,18 @@ def _write_cache(
         raise OSError(f"cannot write the decoded cache in {data_path.parent} ({err.strerror or err}); "
                       "pass a writable cache_dir") from err
     data_path = _free_data_path(data_path, key)
-    with atomic_path(data_path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        workers = num_workers if num_workers is not None else min(os.cpu_count() or 1, 16)
-        try:
+    workers = num_workers if num_workers is not None else min(os.cpu_count() or 1, 16)
+    try:
+        with atomic_path(data_path) as tmp, open(tmp, "wb") as file:
+            np.lib.format.write_array_header_1_0(file, {"descr": "|u1", "fortran_order": False, "shape": shape})
             with tqdm(total=len(filenames), desc=f"decoding {stem}", unit="img", disable=not progress) as bar:
-                _decode_all(out, index.source, filenames, crop_size, workers, bar)
-            out.flush()
-        finally:
-            del out  # unmapped before the rename or removal: Windows can do neither to a mapped file
+                _decode_all(_RowWriter(file, int(np.prod(shape[1:]))), index.source, filenames, crop_size, workers,
+                            bar)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise OSError(errno.ENOSPC, f"the disk holding {data_path.parent} filled up while the decoded cache was "
+                                    f"written; nothing of it was kept. {ELSEWHERE}") from err
     images = np.load(data_path, mmap_mode="r")
     meta = {"key": key, "shape": list(shape), "checksum": _sample_checksum(images), "data_file": data_path.name,
             "source": str(index.source.image_dir)}
@@ -279,9 +342,9 @@ class CachedLoader:
     On CUDA the split goes to GPU memory once if it fits (:func:`gpu_budget.plan_placement`, printed in one
     line; ``data_on_gpu`` = "auto", True or False); batches are then gathered and converted there. Otherwise each
     batch and its labels are gathered from the memory map into (pinned, on CUDA) host buffers and copied one batch
-    ahead on a side stream. Either way the shuffled order comes from PyTorch's CPU generator, so a seed gives the
-    same batches wherever the split lives. Images come out as float32 in [0, 1], exactly as ``ToTensor()`` makes
-    them; attributes as int64 on ``device``.
+    ahead on a side stream. Either way the order comes from :meth:`batch_rows`, so a seed gives the same images in
+    the same places of the same batches wherever the split lives. Images come out as float32 in [0, 1], exactly as
+    ``ToTensor()`` makes them; attributes as int64 on ``device``.
     """
 
     def __init__(
@@ -335,10 +398,20 @@ class CachedLoader:
         n = len(self.split)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batch_rows(self) -> torch.Tensor:
+        """The rows of one epoch, batch after batch: shuffled (when ``shuffle``) by PyTorch's CPU generator, each
+        batch's rows in increasing order (the memory map is then read forward).
+
+        Both placements take their batches from this one order, so one seed pairs the same image with the same
+        noise and dropout wherever the split lives.
+        """
         n = len(self.split)
-        # The order always comes from PyTorch's CPU generator, so one seed gives the same batches wherever the split is.
-        order = torch.randperm(n) if self.shuffle else torch.arange(n)
+        if not self.shuffle:
+            return torch.arange(n)
+        return torch.cat([batch.sort().values for batch in torch.randperm(n).split(self.batch_size)])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.batch_rows()
         if self.on_gpu:
             order = order.to(self.device)
             for b in range(len(self)):
@@ -359,7 +432,7 @@ class CachedLoader:
         copied: list[torch.cuda.Event | None] = [None, None]
 
         def stage(b: int) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]:
-            idx = np.sort(order[b * self.batch_size:(b + 1) * self.batch_size])
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             slot = b % 2
             if copied[slot] is not None:
                 copied[slot].synchronize()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from celeba_vae.atomic_files import check_free_space
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -256,19 +257,42 @@ def _row_group_bytes(path: Path, group: int, stamp: tuple[int, int]) -> list[byt
     return (column.field("bytes") if field == "image.bytes" else column).to_pylist()
 
 
+def _position(shards: tuple[HubShard, ...], table: HubTable, name: str) -> int:
+    i = table.position.get(name)
+    if i is None:
+        raise FileNotFoundError(f"image {name} is not in the Hub shards in {shards[0].path.parent}; "
+                                "rebuild the index (read_index) after changing the shards")
+    return i
+
+
+def hub_row_groups(shards: tuple[HubShard, ...], table: HubTable, names: Iterable[str]) -> np.ndarray:
+    """For each of ``names``, the number of the row group holding it (numbered across all shards)."""
+    rows = np.array([_position(shards, table, name) for name in names], dtype=np.int64)
+    shard, row = table.shard_of[rows], table.row_of[rows]
+    groups = np.empty(len(rows), dtype=np.int64)
+    first = 0
+    for k, starts in enumerate(table.group_starts):
+        here = shard == k
+        groups[here] = first + np.searchsorted(starts, row[here], side="right") - 1
+        first += len(starts)
+    return groups
+
+
 def iter_hub_bytes(shards: tuple[HubShard, ...], table: HubTable, names: Iterable[str]) -> Iterator[tuple[bytes, str]]:
     """The encoded images ``names``, in that order, each with a label (shard, row) for messages.
 
-    Reads one row group at a time and keeps the last two, so names in file order read each row group once.
+    Each call keeps the row group it read while the names after it are in that group, so a decode thread given
+    names in file order reads each of its groups once, whatever other threads read meanwhile. The last two groups
+    read are also cached for all calls, for images asked for one at a time (:meth:`HubSource.read_image`).
     """
+    held, images = (-1, -1), []
     for name in names:
-        i = table.position.get(name)
-        if i is None:
-            raise FileNotFoundError(f"image {name} is not in the Hub shards in {shards[0].path.parent}; "
-                                    "rebuild the index (read_index) after changing the shards")
+        i = _position(shards, table, name)
         k, row = int(table.shard_of[i]), int(table.row_of[i])
         group = int(np.searchsorted(table.group_starts[k], row, side="right")) - 1
-        data = _row_group_bytes(shards[k].path, group, table.signature[k])[row - int(table.group_starts[k][group])]
+        if (k, group) != held:
+            held, images = (k, group), _row_group_bytes(shards[k].path, group, table.signature[k])
+        data = images[row - int(table.group_starts[k][group])]
         if data is None:
             raise ValueError(f"{shards[k].path}, row {row} ({name}) holds no image bytes; download the shard again")
         yield data, f"{shards[k].path}, row {row} ({name})"
@@ -332,18 +356,18 @@ def download_hub(target: Path) -> Path:
     Prints the total size and where it goes first. Shards already complete in ``target`` are kept (huggingface_hub
     records them in ``target/.cache/huggingface``); each shard is written to a temporary ``.incomplete`` file and
     moved into place when whole, so an interrupted download leaves no partial shard and a rerun fetches only the
-    missing ones. Raises :class:`HubUnreachable` when the Hub cannot be reached.
+    missing ones. Raises :class:`HubUnreachable` when the Hub cannot be reached, and ``OSError`` before anything is
+    written when the disk has no room for the shards still missing.
     """
     files = hub_files()
     total = sum(size for _, size in files)
     present = sum(size for path, size in files if (target / path).is_file() and (target / path).stat().st_size == size)
     print(f"Downloading CelebA from the Hugging Face Hub ({HUB_REPO_ID}, {HUB_CONFIG}): {len(files)} files, "
           f"{total / 1e9:.1f} GB{f' ({present / 1e9:.1f} GB already there)' if present else ''}, into {target}")
+    check_free_space(target, total - present, f"the {len(files)} shards of CelebA",
+                     "Free some space, or download into a data folder on a disk with room (data_root in a notebook, "
+                     "download_celeba(root)).")
     target.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(target).free
-    if total - present > free:
-        raise OSError(f"{target} has {free / 1e9:.1f} GB free, {(total - present) / 1e9:.1f} GB are needed; "
-                      "free some space or download to a larger disk")
     hub = _hub()
     try:
         hub.snapshot_download(repo_id=HUB_REPO_ID, repo_type="dataset", local_dir=target,

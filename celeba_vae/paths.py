@@ -47,7 +47,8 @@ def writable_cache(folder: str | Path) -> Path:
 @dataclass(frozen=True)
 class RunFiles:
     """Where one training run's files go: ``<output_dir>/<decoder>/`` for its weights, ``<output_dir>/figures``
-    and ``<output_dir>/metrics.json`` for what the notebooks draw and measure."""
+    and ``<output_dir>/metrics.json`` for what the notebooks draw and measure, ``<output_dir>/notebooks`` for the
+    runner's executed notebooks."""
 
     output_dir: Path
     decoder: str
@@ -76,6 +77,11 @@ class RunFiles:
     @property
     def metrics(self) -> Path:
         return self.output_dir / "metrics.json"
+
+    @property
+    def notebooks(self) -> Path:
+        """Where ``run_lecture.py`` keeps the executed notebooks, each with its own output."""
+        return self.output_dir / "notebooks"
 
 
 def run_files(output_dir: str | Path, decoder: str) -> RunFiles:

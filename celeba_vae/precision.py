@@ -1,8 +1,13 @@
-"""Which floating-point precision training uses on a device, and why; TF32 switched on only where asked."""
+"""Which floating-point precision training uses on a device, and why; TF32 switched on only where asked; whether
+torch.compile can run there."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import os
+import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -84,6 +89,34 @@ def choose_precision(precision: str, device: str | torch.device) -> Precision:
     if precision == "tf32" and device.type != "cuda":
         return Precision("fp32", f"TF32 exists only on CUDA, not {device.type}", device.type)
     return Precision(precision, f"precision={precision!r} was requested", device.type)
+
+
+def _cpp_compiler() -> str:
+    """The C++ compiler torch.compile's CPU backend calls: ``$CXX``, else MSVC's ``cl`` on Windows, ``clang++`` on
+    macOS and ``g++`` elsewhere (``torch._inductor.config.cpp.cxx``)."""
+    default = {"win32": "cl", "darwin": "clang++"}.get(sys.platform, "g++")
+    return os.environ.get("CXX", default)
+
+
+def compile_unavailable(device: str | torch.device) -> str | None:
+    """Why ``torch.compile`` cannot run on ``device`` here (a phrase, e.g. for ``f"torch.compile: skipped, {reason}"``),
+    or None where it can.
+
+    Its default backend writes Triton kernels for CUDA, which need compute capability 7.0 or newer and the
+    ``triton`` package (none is published for Windows); C++ for the CPU, built with the C++ compiler torch calls;
+    Metal shaders for MPS, which torch builds itself.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 7:
+            return (f"{torch.cuda.get_device_name(device)} has compute capability {major}.{minor}, "
+                    "Triton needs 7.0 or newer")
+        if importlib.util.find_spec("triton") is None:
+            return "the triton package is not installed (none is published for Windows)"
+    if device.type == "cpu" and shutil.which(_cpp_compiler()) is None:
+        return f"the C++ compiler it needs on the CPU ({_cpp_compiler()}) is not on the PATH"
+    return None
 
 
 @contextlib.contextmanager

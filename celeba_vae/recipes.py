@@ -1,13 +1,16 @@
 """How much training a run does: the lecture's settings, the laptop recipe for a CPU, the mps recipe for an Apple
-GPU, and the demo."""
+GPU, and the demo; and the names of the knobs notebook 5 turns. Light on purpose: ``run_lecture.py --help`` reads
+these names without importing torch."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES
+KNOB_NAMES = ("latent_dim", "reconstruction_term_weight", "decoder", "learning_rate")
 
 
 @dataclass(frozen=True)
@@ -28,16 +31,26 @@ class Recipe:
     def describe(self) -> str:
         images = "all training images" if self.train_images is None else f"{self.train_images:,} training images"
         capped = "" if self.eval_images is None else f", validation/test capped at {self.eval_images:,} images"
-        return f"{images}, {self.num_epochs} epochs, batch size {self.batch_size}{capped}"
+        epochs = f"{self.num_epochs} epoch{'' if self.num_epochs == 1 else 's'}"
+        return f"{images}, {epochs}, batch size {self.batch_size}{capped}"
 
-    def override(self, **values: int | None) -> Recipe:
-        """This recipe with every value that is not ``None`` replaced, printed in one line."""
-        changed = {k: v for k, v in values.items() if v is not None}
-        for key, value in changed.items():
+    def changed(self, **values: int | None) -> Recipe:
+        """This recipe with every value that is not ``None`` replaced; its name says what changed
+        (``"demo, num_epochs=1"``)."""
+        changes = {k: v for k, v in values.items() if v is not None and v != getattr(self, k)}
+        for key, value in changes.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key}={value!r} must be a whole number of at least 1")
-        recipe = replace(self, name=f"{self.name} (changed)", **changed) if changed else self
-        print(f"Training: {recipe.describe()}")
+        if not changes:
+            return self
+        named = ", ".join(f"{key}={value}" for key, value in changes.items())
+        return replace(self, name=f"{self.name}, {named}", **changes)
+
+    def override(self, **values: int | None) -> Recipe:
+        """:meth:`changed`, saying in one line what training does instead of the recipe (nothing when unchanged)."""
+        recipe = self.changed(**values)
+        if recipe is not self:
+            print(f"Training instead: {recipe.name} ({recipe.describe()})")
         return recipe
 
 
@@ -49,28 +62,41 @@ RECIPES = {
 }
 
 
-def choose_recipe(recipe: str, device: torch.device, data_kind: str) -> Recipe:
-    """``recipe`` by name; ``"auto"`` is the demo on synthetic faces, the lecture on a CUDA GPU, the mps recipe on an
-    Apple GPU and the laptop recipe on a CPU, said in one line with the way to the lecture's full settings."""
+def recipe_name(recipe: str, device_type: str, data_kind: str) -> str:
+    """The recipe ``recipe`` names; ``"auto"`` is the demo on synthetic faces, the lecture on a CUDA GPU, the mps
+    recipe on an Apple GPU and the laptop recipe on a CPU."""
     if recipe not in (*RECIPES, "auto"):
         raise ValueError(f"recipe={recipe!r} is not one of {(*RECIPES, 'auto')}")
-    name = recipe
-    if recipe == "auto":
-        name = "demo" if data_kind == "synthetic" else {"cpu": "laptop", "mps": "mps"}.get(device.type, "lecture")
-    chosen = RECIPES[name]
-    line = f"Recipe: {name} ({chosen.describe()})"
-    if recipe == "auto" and name == "laptop":
+    if recipe != "auto":
+        return recipe
+    return "demo" if data_kind == "synthetic" else {"cpu": "laptop", "mps": "mps"}.get(device_type, "lecture")
+
+
+def recipe_line(recipe: str, chosen: Recipe) -> str:
+    """One line saying what ``chosen`` trains and, when ``recipe="auto"`` chose less than the lecture, how to get
+    the lecture's full settings."""
+    line = f"Recipe: {chosen.name} ({chosen.describe()})"
+    base = chosen.name.split(",")[0]  # "laptop, num_epochs=1" is the laptop recipe, changed
+    if recipe == "auto" and base == "laptop":
         line += (". No GPU, so not the lecture's 11-hour CPU run: recipe='lecture' (run_lecture.py --recipe lecture) "
                  "gives the full settings")
-    if recipe == "auto" and name == "mps":
+    if recipe == "auto" and base == "mps":
         lecture = RECIPES["lecture"]
         line += (f". Apple GPU: {_image_steps(chosen):,} image-steps, {_image_steps(lecture) // _image_steps(chosen)}x "
                  f"fewer than the lecture's {lecture.num_epochs} epochs, which stream the 7.45 GiB training split from "
                  "disk every epoch: recipe='lecture' (run_lecture.py --recipe lecture) gives the full settings")
-    print(line)
+    return line
+
+
+def choose_recipe(recipe: str, device: torch.device, data_kind: str) -> Recipe:
+    """The recipe :func:`recipe_name` picks, said in one line (:func:`recipe_line`)."""
+    chosen = RECIPES[recipe_name(recipe, device.type, data_kind)]
+    print(recipe_line(recipe, chosen))
     return chosen
 
 
 def _image_steps(recipe: Recipe) -> int:
     """Images the recipe trains on, counted once per epoch (the full training split when it takes all of it)."""
+    from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES  # numpy and Pillow: only when a line needs it
+
     return (recipe.train_images or OFFICIAL_SPLIT_SIZES["train"]) * recipe.num_epochs

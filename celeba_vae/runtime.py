@@ -2,8 +2,10 @@
 
 The notebooks' setup cell (written by :mod:`celeba_vae.notebook_cells` from ``REPO_URL`` and ``REPO_REF``) finds
 or fetches the project, puts it on ``sys.path`` and calls :func:`prepare`: only the missing dependencies are
-installed (never torch or torchvision, so a CUDA build is never replaced), the versions in use are printed, and
-so are the GPU, the precision training will use and an estimate of the time per epoch at the lecture's settings.
+installed (never torch or torchvision, so a CUDA build is never replaced). Then :func:`report_device` prints the
+versions in use and the GPU; in the notebooks that train, also the precision and an estimate of the time per epoch
+at the lecture's settings, timed with the training step the cell passes in. A card the installed torch cannot
+drive (:func:`unsupported_gpu`) is named with what to do, and training runs on the CPU.
 :func:`output_folder` decides where outputs go: Google Drive when asked (Colab), ``/kaggle/working`` on Kaggle.
 
 Nothing here imports torch at module level: the setup cell imports this module before anything is installed.
@@ -20,6 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +33,8 @@ from celeba_vae.paths import OUTPUTS_ENV, project_path
 if TYPE_CHECKING:
     import torch
 
-REPO_URL = "https://github.com/YOUR-ACCOUNT/celeba-vae"
+PLACEHOLDER_URL = "https://github.com/YOUR-ACCOUNT/celeba-vae"
+REPO_URL = "https://github.com/YOUR-ACCOUNT/celeba-vae"  # set by python -m celeba_vae.notebook_cells --url
 REPO_REF = "main"
 REPO_ENV, REF_ENV = "CELEBA_VAE_REPO", "CELEBA_VAE_REF"
 CLONE_FOLDER = "celeba-vae"
@@ -42,8 +46,10 @@ NEVER_INSTALLED = ("torch", "torchvision")
 NOT_NEEDED_IN_A_KERNEL = ("jupyter", "ipykernel", "papermill", "nbformat")
 PYTORCH_INSTALL = "https://pytorch.org/get-started/locally/"
 GIB = 1 << 30
+CUDNN_SM_FLOOR, CUDNN_FLOOR_SINCE = (7, 5), 91100  # cuDNN 9.11+ (CUDA 13 builds) refuses cards below 7.5
 
 _prepared: set[Path] = set()
+_said: set[str] = set()
 
 
 def _importable(module: str) -> bool:
@@ -109,7 +115,7 @@ def install_missing(
     version_of: Callable[[str], str | None] = installed_version,
     install: Callable[[list[str]], None] = pip_install,
 ) -> list[str]:
-    """Install the ``requirements`` that are not installed at all, and return them.
+    """Install the ``requirements`` that are not installed at all, and return them (the caller says which).
 
     torch and torchvision are never installed (a missing one is an error saying where to get it) and an installed
     package is never replaced: one that the project would like newer is named in one line and kept, since
@@ -136,12 +142,74 @@ def install_missing(
             print(f"Kept {requirement.name} {version} as installed (the project asks for {requirement.specifier}; "
                   "replacing it would need a kernel restart)")
     if missing:
-        print(f"Installing what is missing: {', '.join(missing)}")
         install(missing)
         importlib.invalidate_caches()
-    else:
-        print("Dependencies: all installed")
     return missing
+
+
+def cudnn_version() -> int | None:
+    """The cuDNN version torch was built with (``92400`` for 9.24), read from the library without initialising it:
+    ``torch.backends.cudnn.version()`` raises on a machine with a card below cuDNN's floor."""
+    import torch
+
+    return torch._C._cudnn.getVersionInt() if torch.backends.cudnn.is_available() else None
+
+
+def _has_kernels_for(capability: tuple[int, int], arch_list: list[str]) -> bool:
+    """Whether a torch built for ``arch_list`` runs on a card of ``capability``: ``sm_XY`` code runs on cards of
+    major X and minor Y or later, ``compute_XY`` (PTX) is compiled for any card of XY or later."""
+    for arch in arch_list:
+        kind, _, number = arch.partition("_")
+        number = number.rstrip("af")  # sm_90a, sm_100f: variants of sm_90, sm_100
+        built = (int(number[:-1]), int(number[-1]))
+        if (kind == "sm" and built[0] == capability[0] and built[1] <= capability[1]) or (
+                kind == "compute" and built <= capability):
+            return True
+    return False
+
+
+def unsupported_gpu() -> str | None:
+    """Why the installed torch cannot drive this machine's CUDA cards, in two lines saying what to do, or ``None``.
+
+    Read before any CUDA work (no cuDNN, no kernel): each card's compute capability against
+    ``torch.cuda.get_arch_list()`` and against cuDNN's floor (9.11 and later, in CUDA 13 builds, refuse a machine
+    with any card below compute capability 7.5).
+    """
+    import torch
+
+    if not torch.cuda.is_available() or torch.version.hip:
+        return None
+    arch_list, cudnn = torch.cuda.get_arch_list(), cudnn_version()
+    for index in range(torch.cuda.device_count()):
+        with warnings.catch_warnings():  # torch's own multi-line warning about the card; said below in two lines
+            warnings.simplefilter("ignore")
+            capability = tuple(torch.cuda.get_device_capability(index))
+            name = torch.cuda.get_device_name(index)
+        sm = f"sm_{capability[0]}{capability[1]}"
+        if arch_list and not _has_kernels_for(capability, arch_list):
+            why = f"it has no {sm} kernels (built for {' '.join(arch_list)})"
+        elif cudnn is not None and cudnn >= CUDNN_FLOOR_SINCE and capability < CUDNN_SM_FLOOR:
+            why = f"its cuDNN {cudnn} needs compute capability {'.'.join(map(str, CUDNN_SM_FLOOR))} or newer"
+        else:
+            continue
+        todo = ("On Kaggle choose Settings > Accelerator > GPU T4 x2, then run the notebook again"
+                if detect_runtime() == "kaggle" else
+                f"For this card install a torch build that supports {sm} ({PYTORCH_INSTALL}), or use another GPU")
+        return (f"GPU {name} (cuda:{index}, compute capability {capability[0]}.{capability[1]}) cannot be used by "
+                f"torch {torch.__version__}: {why}.\n{todo}.")
+    return None
+
+
+def cuda_usable() -> bool:
+    """Whether CUDA is available and the installed torch can drive its cards; when it cannot, say why (two lines,
+    once per process)."""
+    import torch
+
+    reason = unsupported_gpu()
+    if reason is not None and reason not in _said:
+        print(f"{reason[:-1]}; until then training runs on the CPU, where recipe='auto' picks the laptop recipe.")
+        _said.add(reason)
+    return torch.cuda.is_available() and reason is None
 
 
 def versions_line() -> str:
@@ -150,7 +218,7 @@ def versions_line() -> str:
     import torchvision
 
     if torch.cuda.is_available():
-        backend = f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
+        backend = f"CUDA {torch.version.cuda}, cuDNN {cudnn_version()}"
     elif torch.backends.mps.is_available():
         backend = "Apple MPS"
     else:
@@ -215,20 +283,24 @@ class _OneBatch:
             yield self.images, labels
 
 
-def measure_images_per_s(device: torch.device, batch_size: int, steps: int = 6, warmup: int = 2) -> float:
-    """Training images per second of the lecture's step (``train_vae_v1``, ``precision="auto"``) on ``device``,
-    timed over ``steps - warmup`` steps on one random batch already on the device; the memory is freed after."""
+TrainStep = Callable[..., object]
+
+
+def measure_images_per_s(device: torch.device, batch_size: int, train_step: TrainStep, steps: int = 6,
+                         warmup: int = 2) -> float:
+    """Training images per second of ``train_step`` (the lecture's ``train_vae_v1``, passed in by the caller;
+    ``precision="auto"``) on ``device``, timed over ``steps - warmup`` steps on one random batch already on the
+    device; the memory is freed after."""
     import torch
 
-    import helper_train
     from celeba_vae.selfcheck import TimedBatches
     from model import VAE
 
     model = VAE()
     batches = TimedBatches(_OneBatch(torch.rand(batch_size, 3, 128, 128, device=device)), steps, warmup, device)
     with contextlib.redirect_stdout(io.StringIO()):
-        helper_train.train_vae_v1(1, model, torch.optim.Adam(model.parameters(), lr=5e-4), device, batches,
-                                  logging_interval=steps, skip_epoch_stats=True, progress=False)
+        train_step(1, model, torch.optim.Adam(model.parameters(), lr=5e-4), device, batches,
+                   logging_interval=steps, skip_epoch_stats=True, progress=False)
     rate = batches.images_per_s()
     del model, batches
     torch.cuda.empty_cache()
@@ -243,9 +315,11 @@ def epoch_time_line(images_per_s: float, train_images: int, num_epochs: int, ste
             "the first epoch also decodes CelebA once, and validation adds a little")
 
 
-def report_device(estimate: bool = True) -> None:
-    """Print the GPU training will use (or how to get one), the precision, whether the lecture's data fits and,
-    with ``estimate``, the expected time per epoch measured from a few training steps."""
+def report_device(train_step: TrainStep | None = None) -> None:
+    """Print the versions and the GPU training will use (or how to get one). Given ``train_step`` (in the
+    notebooks that train), also the other cards, the precision, whether the lecture's data fits and the expected
+    time per epoch measured from a few steps of it. A card the installed torch cannot drive is named with what to
+    do instead (:func:`unsupported_gpu`); training then runs on the CPU."""
     import torch
 
     from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES
@@ -253,6 +327,9 @@ def report_device(estimate: bool = True) -> None:
     from celeba_vae.precision import choose_precision
     from celeba_vae.recipes import RECIPES
 
+    if torch.cuda.is_available() and not cuda_usable():
+        return
+    print(versions_line())
     gpus = cuda_gpus()
     if not gpus and torch.backends.mps.is_available():
         print("No CUDA GPU: training runs on the Apple GPU (MPS)")
@@ -260,33 +337,34 @@ def report_device(estimate: bool = True) -> None:
     if not gpus:
         print("No GPU: training runs on the CPU, where recipe='auto' picks the laptop recipe. For the lecture's "
               "settings use a GPU: in Colab Runtime > Change runtime type > T4 GPU, on Kaggle Settings > Accelerator "
-              "> GPU; then run the notebook from the top")
+              "> GPU T4 x2; then run the notebook from the top")
         return
     lecture = RECIPES["lecture"]
     device = torch.device("cuda", torch.cuda.current_device())
     precision = choose_precision("auto", device)
-    for line in gpu_lines(gpus, device.index, free_gpu_bytes(device), precision.name, lecture.batch_size):
-        print(line)
-    print(precision.describe())
-    if estimate:
-        steps, warmup = 6, 2
-        rate = measure_images_per_s(device, lecture.batch_size, steps, warmup)
-        print(epoch_time_line(rate, OFFICIAL_SPLIT_SIZES["train"], lecture.num_epochs, steps - warmup))
+    lines = gpu_lines(gpus, device.index, free_gpu_bytes(device), precision.name, lecture.batch_size)
+    if train_step is None:
+        print(lines[0])
+        return
+    print("\n".join([*lines, precision.describe()]))
+    steps, warmup = 6, 2
+    rate = measure_images_per_s(device, lecture.batch_size, train_step, steps, warmup)
+    print(epoch_time_line(rate, OFFICIAL_SPLIT_SIZES["train"], lecture.num_epochs, steps - warmup))
 
 
-def prepare(root: str | Path, estimate: bool = True) -> None:
-    """What the setup cell calls once the project is on ``sys.path``: install what is missing, print the versions
-    and the device. A second call in the same kernel only says it was done."""
+def prepare(root: str | Path) -> bool:
+    """What the setup cell calls once the project is on ``sys.path``: install what is missing and say so in one
+    line. Returns ``False`` (and only says it was done) when called again in the same kernel."""
     root = Path(root).resolve()
     if root in _prepared:
         print(f"Already set up: the project at {root}")
-        return
+        return False
     runtime = detect_runtime()
-    print(f"Runtime: {runtime} | project: {root}")
-    install_missing(project_requirements(root))
-    print(versions_line())
-    report_device(estimate)
+    installed = install_missing(project_requirements(root))
+    print(f"Runtime: {runtime} | project: {root} | dependencies: "
+          + (f"installed {', '.join(installed)}" if installed else "all installed"))
     _prepared.add(root)
+    return True
 
 
 def mount_drive(mount_point: Path | None = None) -> Path:

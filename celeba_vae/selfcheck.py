@@ -1,5 +1,7 @@
 """A self-check of every training path the device supports: ``python run_lecture.py --self-check``.
 
+The runner passes the lecture's training step (``helper_train.train_vae_v1``) in: this package sits below it.
+
 Synthetic faces are written once to a temporary folder and decoded. Each path (precision, ``torch.compile``, data
 on the GPU or streamed from host memory) trains a fresh VAE for the same steps from the same seed on the same
 batches, and passes when its mean training loss over the last quarter of the steps is within 1% of the fp32
@@ -10,32 +12,29 @@ reference's. The resume check trains k epochs with a checkpoint, resumes to 2k a
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
-import importlib.util
 import io
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-import helper_train
 from celeba_vae.celeba_files import find_celeba, read_index
 from celeba_vae.decoded_cache import CachedLoader, DecodedSplit, build_decoded_cache
-from celeba_vae.precision import choose_precision, native_bf16
+from celeba_vae.precision import choose_precision, compile_unavailable, native_bf16
 from celeba_vae.synthetic import write_synthetic_celeba
-from helper_utils import get_device, set_all_seeds, set_deterministic
 from model import VAE
 
 TOLERANCE = 0.01
 SEED = 123
 PATH_ERRORS = (RuntimeError, ValueError, ArithmeticError, ImportError, OSError)
+TrainStep = Callable[..., dict[str, list[float]]]
 
 
 @dataclass(frozen=True)
@@ -66,8 +65,8 @@ def supported_paths(device: torch.device) -> tuple[list[TrainPath], list[str]]:
         paths += [TrainPath("bf16", "bf16", data_on_gpu=True)] if has_bf16 else []
         paths += [TrainPath("fp16", "fp16", data_on_gpu=True), TrainPath(f"{fast} streamed from host", fast)]
         notes = [] if has_bf16 else ["bf16: skipped, this card has no native bf16"]
-        if importlib.util.find_spec("triton") is None:
-            return paths, [*notes, "torch.compile: skipped, triton is not installed"]
+        if (why_not := compile_unavailable(device)) is not None:
+            return paths, [*notes, f"torch.compile: SKIPPED, {why_not}"]
         return [*paths, TrainPath(f"{fast} + torch.compile", fast, compile=True, data_on_gpu=True)], notes
     if device.type == "mps":
         paths = [TrainPath("fp32", "fp32"), TrainPath("fp16", "fp16")]
@@ -140,9 +139,11 @@ def peak_host_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def train_path(path: TrainPath, split: DecodedSplit, device: torch.device, steps: int, batch_size: int) -> PathResult:
-    """Train a fresh VAE (seed ``SEED``) for ``steps`` steps along ``path`` on the split's first batches, in order."""
-    set_all_seeds(SEED)
+def train_path(train_step: TrainStep, path: TrainPath, split: DecodedSplit, device: torch.device, steps: int,
+               batch_size: int) -> PathResult:
+    """Train a fresh VAE (seed ``SEED``) with ``train_step`` for ``steps`` steps along ``path`` on the split's first
+    batches, in order."""
+    torch.manual_seed(SEED)
     model = VAE()
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -151,18 +152,18 @@ def train_path(path: TrainPath, split: DecodedSplit, device: torch.device, steps
         batches = TimedBatches(loader, steps, max(1, steps // 4), device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        log = helper_train.train_vae_v1(1, model, optimizer, device, batches, logging_interval=steps,
-                                        skip_epoch_stats=True, precision=path.precision, compile=path.compile,
-                                        progress=False)
+        log = train_step(1, model, optimizer, device, batches, logging_interval=steps, skip_epoch_stats=True,
+                         precision=path.precision, compile=path.compile, progress=False)
     return PathResult(batches.images_per_s(), peak_memory_mib(device), log["train_combined_loss_per_batch"])
 
 
 @contextlib.contextmanager
 def deterministic() -> Iterator[None]:
-    """Deterministic algorithms inside the block (:func:`helper_utils.set_deterministic`), restored afterwards."""
+    """Deterministic algorithms inside the block (as ``helper_utils.set_deterministic`` asks), restored afterwards."""
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.benchmark)
-    set_deterministic()
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
@@ -170,21 +171,21 @@ def deterministic() -> Iterator[None]:
         torch.backends.cudnn.benchmark = saved[2]
 
 
-def resume_mismatch(split: DecodedSplit, device: torch.device, batch_size: int, epochs: int, batches: int,
-                    folder: Path) -> str | None:
+def resume_mismatch(train_step: TrainStep, split: DecodedSplit, device: torch.device, batch_size: int, epochs: int,
+                    batches: int, folder: Path) -> str | None:
     """Run ``2 * epochs`` epochs of ``batches`` shuffled batches straight through, and ``epochs`` then resumed from
     the checkpoint to ``2 * epochs``; the first difference in log or weights, or ``None`` when bit-identical."""
     with contextlib.redirect_stdout(io.StringIO()):
         loader = CachedLoader(split, batch_size, shuffle=True, device=device, drop_last=True)
 
     def train(num_epochs: int, checkpoint: Path | None, resume: bool) -> tuple[dict[str, list[float]], VAE]:
-        set_all_seeds(SEED)
+        torch.manual_seed(SEED)
         model = VAE()
         optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
         first_batches = TimedBatches(loader, batches, 0, device)
         with contextlib.redirect_stdout(io.StringIO()):
-            log = helper_train.train_vae_v1(num_epochs, model, optimizer, device, first_batches, skip_epoch_stats=True,
-                                            checkpoint_path=checkpoint, resume=resume, progress=False)
+            log = train_step(num_epochs, model, optimizer, device, first_batches, skip_epoch_stats=True,
+                             checkpoint_path=checkpoint, resume=resume, progress=False)
         return log, model
 
     with deterministic():
@@ -204,8 +205,8 @@ def resume_mismatch(split: DecodedSplit, device: torch.device, batch_size: int, 
 Row = tuple[str, str, str, str, str, bool]
 
 
-def _check_rows(folder: Path, device: torch.device, paths: list[TrainPath], steps: int, batch_size: int,
-                num_images: int, resume_epochs: int, resume_batches: int) -> list[Row]:
+def _check_rows(train_step: TrainStep, folder: Path, device: torch.device, paths: list[TrainPath], steps: int,
+                batch_size: int, num_images: int, resume_epochs: int, resume_batches: int) -> list[Row]:
     """The table's rows: the resume check, then every path, trained on synthetic faces written under ``folder``.
 
     The decoded split's memory map lives only inside this call, so the folder can be removed afterwards on Windows.
@@ -221,7 +222,7 @@ def _check_rows(folder: Path, device: torch.device, paths: list[TrainPath], step
                                 index=index, progress=False)
     resume_precision = choose_precision("auto", device).name
     try:
-        mismatch = resume_mismatch(split, device, batch_size, resume_epochs, resume_batches, folder)
+        mismatch = resume_mismatch(train_step, split, device, batch_size, resume_epochs, resume_batches, folder)
     except PATH_ERRORS as err:
         mismatch = f"{type(err).__name__}: {err}"
     rows.append((f"resume {resume_epochs}+{resume_epochs} vs {2 * resume_epochs} epochs ({resume_precision})",
@@ -229,7 +230,7 @@ def _check_rows(folder: Path, device: torch.device, paths: list[TrainPath], step
     reference: float | None = None
     for path in paths:
         try:
-            result = train_path(path, split, device, steps, batch_size)
+            result = train_path(train_step, path, split, device, steps, batch_size)
         except PATH_ERRORS as err:
             rows.append((path.name, "-", "-", "-", f"{type(err).__name__}: {err}", False))
             continue
@@ -250,14 +251,15 @@ def remove_scratch_folder(folder: Path) -> None:
         print(f"  note: could not remove every file of {folder} (still in use); delete it by hand")
 
 
-def run_self_check(device: str | torch.device | None = None, steps: int | None = None, batch_size: int | None = None,
-                   num_images: int | None = None, resume_epochs: int = 1, resume_batches: int = 3) -> bool:
-    """Check every path ``device`` (default: the best available) supports and the resume; print one table.
+def run_self_check(train_step: TrainStep, device: torch.device, steps: int | None = None,
+                   batch_size: int | None = None, num_images: int | None = None, resume_epochs: int = 1,
+                   resume_batches: int = 3) -> bool:
+    """Check with ``train_step`` (``helper_train.train_vae_v1``) every path ``device`` supports and the resume;
+    print one table.
 
     Defaults: 200 steps of 256 images from 1,024 synthetic faces on a GPU; 40 steps of 32 from 256 on the CPU.
     Returns ``True`` when every row is OK.
     """
-    device = get_device(device)
     gpu = device.type in ("cuda", "mps")
     steps = steps or (200 if gpu else 40)
     batch_size = batch_size or (256 if gpu else 32)
@@ -272,7 +274,8 @@ def run_self_check(device: str | torch.device | None = None, steps: int | None =
         print(f"  note: {note}")
     folder = Path(tempfile.mkdtemp(prefix="celeba-selfcheck-"))
     try:
-        rows = _check_rows(folder, device, paths, steps, batch_size, num_images, resume_epochs, resume_batches)
+        rows = _check_rows(train_step, folder, device, paths, steps, batch_size, num_images, resume_epochs,
+                           resume_batches)
     finally:
         remove_scratch_folder(folder)
     print(f"{'path':<34}{'images/s':>12}{'memory':>14}{'loss':>14}  {'vs fp32':<18}result")
@@ -281,18 +284,3 @@ def run_self_check(device: str | torch.device | None = None, steps: int | None =
     passed = all(row[-1] for row in rows)
     print(f"Self-check {'passed' if passed else 'FAILED'}: {sum(row[-1] for row in rows)} of {len(rows)} OK")
     return passed
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: 0 when every path and the resume check pass, 1 otherwise."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps or cpu")
-    parser.add_argument("--steps", type=int, default=None, help="steps per path (default 200 on a GPU, 40 on CPU)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default 256 on a GPU, 32 on CPU")
-    parser.add_argument("--num-images", type=int, default=None, help="synthetic faces (default 1,024 / 256)")
-    args = parser.parse_args(argv)
-    return 0 if run_self_check(args.device, args.steps, args.batch_size, args.num_images) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

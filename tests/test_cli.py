@@ -160,3 +160,36 @@ def test_without_celeba_the_runner_and_the_notebooks_say_the_same(
     notebook_said = capsys.readouterr().out
     banner = notebook_said[:notebook_said.rindex("=" * 100) + 100]
     assert banner.count("=" * 100) == 2 and banner in runner_said
+
+
+def test_help_and_argument_errors_load_no_heavy_library() -> None:
+    """--help and a bad argument answer before torch, papermill, scikit-learn or a helper module is imported."""
+    code = ("import sys, run_lecture\n"
+            "for argv in (['--help'], ['--epochs', '0'], ['--knobs', 'colour']):\n"
+            "    try:\n"
+            "        run_lecture.main(argv)\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "heavy = {'torch', 'papermill', 'sklearn', 'model'} | {m for m in sys.modules if m.startswith('helper_')}\n"
+            "print('loaded:', sorted(heavy & set(sys.modules)))\n")
+    returncode, output = cli(code=code)
+    assert returncode == 0 and "loaded: []" in output, output
+    assert "latent_dim" in output and "invalid choice: 'colour'" in output
+
+
+def test_the_runners_knob_names_are_notebook_5s() -> None:
+    from celeba_vae.recipes import KNOB_NAMES
+    from helper_knobs import KNOB_VALUES
+
+    assert tuple(KNOB_VALUES) == KNOB_NAMES
+
+
+def test_self_check_gets_the_lectures_training_step_and_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import helper_train
+    import run_lecture
+    from celeba_vae import selfcheck
+
+    calls: list[tuple[object, torch.device]] = []
+    monkeypatch.setattr(selfcheck, "run_self_check", lambda step, device: calls.append((step, device)) or False)
+    assert run_lecture.main(["--self-check", "--device", "cpu"]) == 1
+    assert calls == [(helper_train.train_vae_v1, torch.device("cpu"))]

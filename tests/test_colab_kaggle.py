@@ -21,6 +21,7 @@ from celeba_vae import gpu_budget, notebook_cells, runtime
 from celeba_vae.paths import OUTPUTS_ENV, REPO_ROOT
 from celeba_vae.precision import choose_precision
 from celeba_vae.synthetic import write_synthetic_celeba
+from helper_train import train_vae_v1
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 GIB = 1 << 30
@@ -142,16 +143,16 @@ def test_setup_cell_clones_once_where_the_project_is_missing(origin: Path, tmp_p
     content.mkdir()
     stand_in = _stand_in_colab(tmp_path / "stand-in")
     script = (f"import importlib.util, sys\nassert importlib.util.find_spec('helper_setup') is None\n"
-              f"cell = {notebook_cells.SETUP_CELL!r}\nexec(cell)\nexec(cell)\n"
+              f"cell = {notebook_cells.setup_cell('1_train_vae.ipynb')!r}\nexec(cell)\nexec(cell)\n"
               "import helper_setup\nprint('paths', sys.path.count(str(project_root)), helper_setup.__file__)\n")
     result = subprocess.run([sys.executable, "-S", "-c", script], cwd=content, capture_output=True, text=True,
                             env=_without_project_env(origin, stand_in), timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     clone = content / runtime.CLONE_FOLDER
     assert f"paths 1 {clone / 'helper_setup.py'}" in result.stdout
-    assert f"Runtime: colab | project: {clone}" in result.stdout
+    assert f"Runtime: colab | project: {clone} | dependencies: all installed" in result.stdout
     assert f"Already set up: the project at {clone}" in result.stdout
-    assert result.stdout.count("Runtime: colab") == 1 and "Dependencies: all installed" in result.stdout
+    assert result.stdout.count("Runtime: colab") == 1
     assert _commit(clone) == _commit(origin, "HEAD~1") != _commit(origin)
 
 
@@ -159,13 +160,17 @@ def test_setup_cell_finds_the_checkout_from_notebooks_folder(origin: Path, tmp_p
     """A Jupyter whose kernel was not installed from requirements.txt: the kernel starts in notebooks/ and cannot
     import the helpers one folder up until the setup cell puts the repository root on the path; nothing is cloned."""
     script = (f"import importlib.util\nassert importlib.util.find_spec('helper_setup') is None\n"
-              f"exec({notebook_cells.SETUP_CELL!r})\nimport helper_setup\nprint('helpers', helper_setup.__file__)\n")
+              f"exec({notebook_cells.setup_cell('3_latent_histograms.ipynb')!r})\nimport helper_setup\n"
+              "print('helpers', helper_setup.__file__)\n")
     env = {**_without_project_env(origin, tmp_path / "no-colab"), runtime.REPO_ENV: str(tmp_path / "unreachable")}
     result = subprocess.run([sys.executable, "-S", "-c", script], cwd=origin / "notebooks", capture_output=True,
                             text=True, env=env, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     assert f"helpers {origin / 'helper_setup.py'}" in result.stdout
-    assert f"Runtime: local | project: {origin}" in result.stdout
+    setup_lines = result.stdout.splitlines()[:-1]
+    assert setup_lines[0] == f"Runtime: local | project: {origin} | dependencies: all installed"
+    assert setup_lines[1].startswith("Using torch") and setup_lines[2].startswith("No GPU: training runs on the CPU")
+    assert len(setup_lines) == 3, "a notebook that does not train prints at most 3 setup lines"
     assert not (origin / "notebooks" / runtime.CLONE_FOLDER).exists()
 
 
@@ -278,39 +283,115 @@ def test_setup_cell_reports_kaggles_two_t4s(monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     _fake_cuda(monkeypatch, "Tesla T4", (7, 5), count=2)
     monkeypatch.setattr(gpu_budget, "free_gpu_bytes", lambda _: int(14.4 * GIB))
-    measured: list[tuple[torch.device, int]] = []
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_75", "sm_80", "sm_86", "sm_90"])
+    measured: list[tuple[torch.device, int, object]] = []
     monkeypatch.setattr(runtime, "measure_images_per_s",
-                        lambda device, batch, *_: measured.append((device, batch)) or 500)
-    runtime.report_device()
-    printed = capsys.readouterr().out.splitlines()
+                        lambda device, batch, step, *_: measured.append((device, batch, step)) or 500)
+    runtime.report_device(train_vae_v1)
+    versions, *printed = capsys.readouterr().out.splitlines()
+    assert versions.startswith("Using torch") and "CUDA" in versions
     assert printed[0] == "GPU: Tesla T4 (cuda:0), 14.7 GiB, 14.4 GiB free, compute capability 7.5"
     assert "2 GPUs: training uses one, cuda:0" in printed[1] and "cuda:1 Tesla T4" in printed[1]
     assert printed[2].endswith("-> on the GPU") and printed[3].startswith("Precision: fp16 autocast + gradient scaling")
-    assert measured == [(torch.device("cuda", 0), 256)]
+    assert measured == [(torch.device("cuda", 0), 256, train_vae_v1)]
     assert f"about {162_770 / 500 / 60:.1f} min" in printed[4]
+    runtime.report_device()
+    assert capsys.readouterr().out.splitlines()[1:] == [printed[0]], "without a step to time: the card alone"
 
 
 def test_epoch_time_is_measured_and_called_an_estimate() -> None:
-    rate = runtime.measure_images_per_s(torch.device("cpu"), batch_size=4, steps=3, warmup=1)
+    rate = runtime.measure_images_per_s(torch.device("cpu"), 4, train_vae_v1, steps=3, warmup=1)
     assert rate > 0
     line = runtime.epoch_time_line(rate, 162_770, 50, 2)
     assert f"about {162_770 / rate / 60:.1f} min" in line and "estimate" in line
 
 
+CUDA_13_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]  # torch 2.9+ cu130 wheels
+CUDA_12_6_ARCHS = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]  # torch 2.8 cu126 wheels
+
+
+@pytest.fixture
+def fresh_cudnn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuDNN's version as a fresh kernel has it: not yet read, so its check of the cards runs on the next read."""
+    monkeypatch.setattr(torch.backends.cudnn, "__cudnn_version", None)
+
+
+@pytest.mark.parametrize(("capability", "arch_list", "cudnn", "drivable"), [
+    ((6, 0), CUDA_13_ARCHS, 92400, False),  # Kaggle's P100 under a CUDA 13 torch
+    ((6, 0), CUDA_12_6_ARCHS, 90501, True),  # the same card under a torch built for it
+    ((7, 0), CUDA_12_6_ARCHS, 91100, False),  # a V100: its kernels exist, but cuDNN 9.11+ refuses SM < 7.5
+    ((7, 5), CUDA_13_ARCHS, 92400, True), ((8, 9), CUDA_13_ARCHS, 92400, True),  # sm_86 code runs on 8.9
+    ((12, 1), ["sm_90", "compute_90"], 92400, True), ((12, 1), ["sm_90"], 92400, False),  # PTX is compiled forward
+    ((9, 0), ["sm_80", "sm_90a", "sm_100f"], 92400, True),
+])
+def test_a_card_is_drivable_when_torch_has_kernels_and_cudnn_accepts_it(
+        monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], arch_list: list[str], cudnn: int,
+        drivable: bool) -> None:
+    _fake_cuda(monkeypatch, "a card", capability)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: arch_list)
+    monkeypatch.setattr(runtime, "cudnn_version", lambda: cudnn)
+    assert (runtime.unsupported_gpu() is None) == drivable
+
+
+def test_kaggles_p100_is_named_before_any_cuda_work_and_the_cpu_used(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fresh_cudnn: None) -> None:
+    """A P100 (compute capability 6.0) under a CUDA 13 torch: no sm_60 kernels, and cuDNN refuses it
+    (``torch.backends.cudnn.version()`` raises). The setup cell says so in two lines with what to do, then
+    ``get_device("auto")`` is the CPU; asking for CUDA stops with the same reason."""
+    from helper_utils import get_device
+
+    _fake_cuda(monkeypatch, "Tesla P100-PCIE-16GB", (6, 0))
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: CUDA_13_ARCHS)
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    for name in [m for m in sys.modules if m == "google" or m.startswith("google.")]:
+        monkeypatch.delitem(sys.modules, name)  # a stand-in google.colab of an earlier test would say "colab"
+    monkeypatch.setattr(runtime, "_said", set())
+    runtime.versions_line()  # never reads cuDNN through torch's check (which raises on this card)
+    runtime.report_device(train_vae_v1)
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2, printed
+    assert printed[0].startswith("GPU Tesla P100-PCIE-16GB (cuda:0, compute capability 6.0) cannot be used by torch")
+    assert "no sm_60 kernels" in printed[0]
+    assert "Settings > Accelerator > GPU T4 x2" in printed[1] and "training runs on the CPU" in printed[1]
+    assert get_device("auto") == torch.device("cpu")
+    assert capsys.readouterr().out == "", "said once per kernel"
+    with pytest.raises(RuntimeError, match="(?s)device='cuda': GPU Tesla P100-PCIE-16GB .* Or use device='auto'"):
+        get_device("cuda")
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
+    assert "install a torch build that supports sm_60" in runtime.unsupported_gpu()
+
+
 def test_setup_cells_are_written_once_and_in_place(tmp_path: Path) -> None:
+    url = "https://github.com/someone/celeba-vae"
     for source in NOTEBOOKS:
         path = Path(shutil.copy2(source, tmp_path / source.name))
         original = nbformat.read(path, as_version=4)
-        notebook_cells.update_notebook(path)
-        assert not notebook_cells.update_notebook(path), f"{path.name} changed on a second application"
+        notebook_cells.update_notebook(path, url=url)
+        assert not notebook_cells.update_notebook(path, url=url), f"{path.name} changed on a second application"
         book = nbformat.read(path, as_version=4)
         assert book.cells[0].id == notebook_cells.BADGE_ID
-        assert notebook_cells.notebook_links(source.name)[0] in book.cells[0].source
+        assert notebook_cells.notebook_links(source.name, url)[0] in book.cells[0].source
         code = [c for c in book.cells if c.cell_type == "code"]
-        assert code[0].id == notebook_cells.SETUP_ID and code[0].source == notebook_cells.SETUP_CELL
+        assert code[0].id == notebook_cells.SETUP_ID and code[0].source == notebook_cells.setup_cell(source.name, url)
         kept = [c for c in book.cells if c.id not in (notebook_cells.BADGE_ID, notebook_cells.SETUP_ID)]
         assert [c.source for c in kept] == [c.source for c in original.cells if c.get("id") not in
                                             (notebook_cells.BADGE_ID, notebook_cells.SETUP_ID)]
+        notebook_cells.update_notebook(path, url=runtime.PLACEHOLDER_URL)
+        unpublished = nbformat.read(path, as_version=4)
+        assert notebook_cells.BADGE_ID not in [c.id for c in unpublished.cells]
+        assert "YOUR-ACCOUNT" not in "".join(c.source for c in unpublished.cells if c.cell_type == "markdown")
+
+
+@pytest.mark.parametrize("notebook", [p.name for p in NOTEBOOKS])
+def test_the_setup_cell_is_hidden_in_jupyter_colab_and_kaggle(notebook: str) -> None:
+    """Jupyter hides ``source_hidden`` cells, Colab shows a ``# @title`` cell as a form (``cellView``), Kaggle hides
+    ``_kg_hide-input``; only notebooks 1 and 5, which train, time the training step."""
+    book = notebook_cells.with_setup_cells(nbformat.read(REPO_ROOT / "notebooks" / notebook, as_version=4), notebook)
+    setup = next(c for c in book.cells if c.get("id") == notebook_cells.SETUP_ID)
+    assert setup.metadata["jupyter"] == {"source_hidden": True}
+    assert setup.metadata["cellView"] == "form" and setup.metadata["_kg_hide-input"] is True
+    assert setup.source.startswith("# @title ")
+    assert ("train_vae_v1" in setup.source) == (notebook in ("1_train_vae.ipynb", "5_what_the_knobs_do.ipynb"))
 
 
 def test_links_are_built_from_the_one_repository_url() -> None:
@@ -320,7 +401,70 @@ def test_links_are_built_from_the_one_repository_url() -> None:
                       "1_train_vae.ipynb")
     with pytest.raises(ValueError, match="REPO_URL='https://gitlab.com/a/b'"):
         notebook_cells.notebook_links("1_train_vae.ipynb", "https://gitlab.com/a/b")
-    assert runtime.REPO_URL in notebook_cells.SETUP_CELL
+    assert runtime.REPO_URL in notebook_cells.setup_cell("1_train_vae.ipynb")
+    assert "YOUR-ACCOUNT" not in notebook_cells.links_table(["1_train_vae.ipynb"], runtime.PLACEHOLDER_URL)
+
+
+def _project_copy(folder: Path) -> Path:
+    """What the generator reads and writes: the notebooks, the README and celeba_vae/runtime.py."""
+    shutil.copytree(REPO_ROOT / "notebooks", folder / "notebooks")
+    shutil.copy2(REPO_ROOT / "README.md", folder / "README.md")
+    (folder / "celeba_vae").mkdir()
+    shutil.copy2(REPO_ROOT / "celeba_vae" / "runtime.py", folder / "celeba_vae" / "runtime.py")
+    return folder
+
+
+def test_a_fork_publishes_with_one_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _project_copy(tmp_path)
+    url = "https://github.com/someone/celeba-vae"
+    assert notebook_cells.main(["--url", url, "--ref", "v1"], root=root) == 0
+    assert f'REPO_URL = "{url}"' in (root / "celeba_vae" / "runtime.py").read_text()
+    assert 'REPO_REF = "v1"' in (root / "celeba_vae" / "runtime.py").read_text()
+    readme = (root / "README.md").read_text()
+    assert notebook_cells.notebook_links("2_sample_and_reconstruct.ipynb", url, "v1")[1] in readme
+    for path in NOTEBOOKS:
+        book = nbformat.read(root / "notebooks" / path.name, as_version=4)
+        assert book.cells[0].id == notebook_cells.BADGE_ID and "someone/celeba-vae/blob/v1" in book.cells[0].source
+        assert f'url = url or "{url}"' in next(c.source for c in book.cells if c.get("id") == notebook_cells.SETUP_ID)
+    assert "updated: README.md" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        notebook_cells.main(["--url", "https://gitlab.com/a/b"], root=root)
+    assert "is not https://github.com/OWNER/NAME" in capsys.readouterr().err
+
+
+def _run_setup_cell_in_ipython(cell: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``cell`` as Jupyter does (IPython's shell renders the error) in a Python without the project."""
+    script = ("from IPython.core.interactiveshell import InteractiveShell\n"
+              f"result = InteractiveShell.instance().run_cell({cell!r})\n"
+              "print('cell succeeded:', result.success)\n")
+    return subprocess.run([sys.executable, "-S", "-c", script], cwd=cwd, capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+
+
+@pytest.mark.parametrize("where", ["placeholder", "unreachable"])
+def test_a_clone_that_fails_says_why_and_what_to_do(origin: Path, tmp_path: Path, where: str) -> None:
+    """The unpublished ``YOUR-ACCOUNT`` URL, or a repository that cannot be reached (the network off): two lines
+    saying why and how to go on, no traceback, no half-made clone left behind."""
+    content = tmp_path / "content"
+    content.mkdir()
+    env = _without_project_env(origin, tmp_path / "no-colab")
+    del env[runtime.REF_ENV]
+    if where == "placeholder":
+        del env[runtime.REPO_ENV]
+        cell = notebook_cells.setup_cell("1_train_vae.ipynb", runtime.PLACEHOLDER_URL)
+    else:
+        env[runtime.REPO_ENV] = str(tmp_path / "no-such-repository")
+        cell = notebook_cells.setup_cell("1_train_vae.ipynb")
+    result = _run_setup_cell_in_ipython(cell, content, env)
+    printed = result.stdout + result.stderr
+    assert "cell succeeded: False" in printed and "Traceback" not in printed, printed
+    message = [line for line in printed.splitlines() if line and not line.startswith("cell succeeded")]
+    assert len(message) == 2, printed
+    assert message[0].startswith("Could not fetch the project from")
+    assert ("placeholder" in message[0]) == (where == "placeholder")
+    assert where == "placeholder" or "does not exist" in message[0]
+    assert "os.environ['CELEBA_VAE_REPO']" in message[1] and "upload the repository" in message[1]
+    assert list(content.iterdir()) == []
 
 
 def test_committed_notebooks_and_readme_links_are_up_to_date() -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
+import sys
 import weakref
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -16,7 +19,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from celeba_vae import checkpoint as ckpt
 from celeba_vae.checkpoint import restore_rng_states, rng_states
 from celeba_vae.decoded_cache import CachedLoader, build_decoded_cache
-from celeba_vae.precision import choose_precision
+from celeba_vae.precision import choose_precision, compile_unavailable
 from helper_train import evaluate_vae, mean_image_baseline, train_vae_v1
 from helper_utils import set_all_seeds
 from model import VAE
@@ -101,6 +104,7 @@ class FakeAccelerator(TorchFunctionMode):
 
 
 CARDS = {
+    "Tesla P100-PCIE-16GB": (6, 0),
     "Tesla T4": (7, 5),
     "Tesla V100-SXM2-16GB": (7, 0),
     "NVIDIA GeForce RTX 2080 Ti": (7, 5),
@@ -497,16 +501,22 @@ def test_streamed_batches_copy_images_and_labels_from_pinned_memory(celeba_root:
 
 def test_one_seed_gives_one_order_wherever_the_split_lives(celeba_root: Path, cuda_loader_machine: None,
                                                           tmp_path: Path) -> None:
+    """The same seed gives the same image and labels at each place of each batch, so noise and dropout drawn per
+    place pair with the same images whether the split is on the GPU or streamed from host memory."""
     split = build_decoded_cache(celeba_root, "train", cache_dir=tmp_path, num_workers=1, progress=False)
-    orders = {}
+    batches = {}
     with FakeAccelerator("cuda"):
         for data_on_gpu in (True, False):
             loader = CachedLoader(split, batch_size=16, shuffle=True, device="cuda", data_on_gpu=data_on_gpu)
             assert loader.on_gpu == data_on_gpu
             torch.manual_seed(5)
-            # host batches come in row order within a batch: compare each batch's images as a set
-            orders[data_on_gpu] = [images.flatten(1).sum(1).sort().values.cpu() for images, _ in loader]
-    assert all(torch.equal(gpu, host) for gpu, host in zip(orders[True], orders[False], strict=True))
+            batches[data_on_gpu] = [(images.cpu(), labels.cpu()) for images, labels in loader]
+    assert len(batches[True]) == len(batches[False]) > 1
+    for (gpu_images, gpu_labels), (host_images, host_labels) in zip(batches[True], batches[False], strict=True):
+        assert torch.equal(gpu_images, host_images) and torch.equal(gpu_labels, host_labels)
+    torch.manual_seed(5)
+    first = torch.randperm(len(split))[:16]
+    assert sorted(first.tolist()) != first.tolist()  # the seed's first batch is not already in row order
 
 
 def test_adam_is_fused_only_on_cuda(fake_cuda: Any, capsys: pytest.CaptureFixture) -> None:
@@ -520,6 +530,63 @@ def test_adam_is_fused_only_on_cuda(fake_cuda: Any, capsys: pytest.CaptureFixtur
     with FakeAccelerator("cuda"):
         train_vae_v1(1, model, optimizer, "cuda", _batches(1), progress=False)
     assert "helper_train.adam(model, lr) (fused Adam)" in capsys.readouterr().out
+    with ParametersOnCuda():
+        on_cuda = adam(model, lr=1e-3)
+    assert on_cuda.defaults["fused"] is True
+    assert all(group["fused"] is True for group in on_cuda.param_groups)
+
+
+class ParametersOnCuda(TorchFunctionMode):
+    """Every tensor says it is on ``cuda:0`` (what an optimizer checks before it builds fused kernels)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if func == torch.Tensor.device.__get__:
+            return torch.device("cuda", 0)
+        return func(*args, **(kwargs or {}))
+
+
+def _triton(monkeypatch: pytest.MonkeyPatch, installed: bool) -> None:
+    module = ModuleType("triton")
+    module.__spec__ = importlib.machinery.ModuleSpec("triton", None)
+    monkeypatch.setitem(sys.modules, "triton", module if installed else None)
+
+
+@pytest.mark.parametrize(("card", "triton", "reason"), [
+    ("Tesla P100-PCIE-16GB", True, "Tesla P100-PCIE-16GB has compute capability 6.0, Triton needs 7.0 or newer"),
+    ("Tesla T4", False, "the triton package is not installed (none is published for Windows)"),
+    ("Tesla V100-SXM2-16GB", True, None),
+    ("NVIDIA H100 80GB HBM3", True, None),
+])
+def test_compile_needs_compute_capability_7_and_triton_on_cuda(fake_cuda: Any, monkeypatch: pytest.MonkeyPatch,
+                                                              card: str, triton: bool, reason: str | None) -> None:
+    fake_cuda(card)
+    _triton(monkeypatch, installed=triton)
+    assert compile_unavailable("cuda") == reason
+
+
+def test_compile_on_the_cpu_needs_the_cpp_compiler_torch_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXX", "no-such-c++-compiler")
+    expected = "the C++ compiler it needs on the CPU (no-such-c++-compiler) is not on the PATH"
+    assert compile_unavailable("cpu") == expected
+    monkeypatch.setenv("CXX", sys.executable)  # any program on the PATH stands in for one
+    assert compile_unavailable("cpu") is None
+    assert compile_unavailable("mps") is None  # torch compiles Metal shaders itself
+
+
+@pytest.mark.parametrize(("card", "triton"), [("Tesla P100-PCIE-16GB", True), ("Tesla T4", False)])
+def test_compile_where_it_cannot_run_trains_eagerly_after_one_line(
+    fake_cuda: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, card: str, triton: bool
+) -> None:
+    fake_cuda(card)
+    _triton(monkeypatch, installed=triton)
+    monkeypatch.setattr(torch, "compile", lambda *args, **kwargs: pytest.fail("torch.compile was called"))
+    model = RecordingVAE()
+    with FakeAccelerator("cuda"):
+        log = train_vae_v1(1, model, torch.optim.Adam(model.parameters()), "cuda", _batches(), compile=True,
+                           progress=False)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "compile" in line]
+    assert lines == [f"torch.compile: not used, {compile_unavailable('cuda')}; training runs without it"]
+    assert len(model.calls) == 2 and len(log["train_combined_loss_per_batch"]) == 2
 
 
 def test_the_benchmark_reports_the_card_it_runs_on(fake_cuda: Any) -> None:

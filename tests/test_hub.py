@@ -10,6 +10,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx2
 import huggingface_hub
@@ -121,6 +122,54 @@ def test_the_decoded_cache_from_shards_equals_the_one_from_jpegs(hub_root: Path,
         ours = build_decoded_cache(hub_root, split, cache_dir=tmp_path / "hub", num_workers=2, progress=False)
         theirs = build_decoded_cache(celeba_copy, split, num_workers=1, progress=False)
         assert np.array_equal(ours.images, theirs.images) and np.array_equal(ours.attributes, theirs.attributes)
+
+
+def _many_rows_as_hub(celeba_root: Path, folder: Path, rows_per_split: int, rows_per_group: int) -> Path:
+    """Hub shards (two per split) of ``rows_per_split`` rows each, the synthetic JPEGs repeated under new names."""
+    index = read_index(find_celeba(celeba_root))
+    jpegs = [(index.source.image_dir / name).read_bytes() for name in index.filenames]
+    folder.mkdir(parents=True)
+    number = 0
+    for split in SPLITS:
+        for k in range(2):
+            rows = range(number, number + rows_per_split // 2)
+            number += len(rows)
+            images = [{"bytes": jpegs[i % len(jpegs)], "path": f"{i + 1:06d}.jpg"} for i in rows]
+            columns = {"image": pa.array(images, type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))}
+            columns.update({name: pa.array(np.arange(len(rows)) % 2 == 0) for name in CELEBA_ATTRIBUTE_NAMES})
+            pq.write_table(pa.table(columns), folder / f"{split}-{k:05d}-of-00002.parquet",
+                           row_group_size=rows_per_group)
+    return folder
+
+
+def test_eight_decode_threads_read_each_row_group_once(celeba_root: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a many-core machine each row group is read once, not once per thread that happens to need it."""
+    _many_rows_as_hub(celeba_root, tmp_path / HUB_CONFIG, rows_per_split=480, rows_per_group=16)
+    reads: dict[tuple[str, int], int] = {}
+    real_open = hub._open
+
+    def counting_open(path: Path) -> pq.ParquetFile:
+        shard = real_open(path)
+        real_read = shard.read_row_group
+
+        def read_row_group(group: int, *args: object, **kwargs: object) -> pa.Table:
+            reads[(path.name, group)] = reads.get((path.name, group), 0) + 1
+            return real_read(group, *args, **kwargs)
+
+        shard.read_row_group = read_row_group
+        return shard
+
+    monkeypatch.setattr(hub, "_open", counting_open)
+    hub._row_group_bytes.cache_clear()
+    decoded = build_decoded_cache(tmp_path, "train", cache_dir=tmp_path / "cache", num_workers=8, progress=False)
+    assert len(decoded) == 480
+    assert sorted(reads) == [(f"train-{k:05d}-of-00002.parquet", g) for k in range(2) for g in range(15)]
+    assert set(reads.values()) == {1}, f"a row group was read {max(reads.values())} times"
+    second = pq.read_table(tmp_path / HUB_CONFIG / "train-00001-of-00002.parquet").column("image")
+    for row in (0, 100, 239):
+        image = Image.open(io.BytesIO(second[row]["bytes"].as_py())).convert("RGB")
+        assert np.array_equal(decoded.images[240 + row], celeba_files.center_crop(image))
 
 
 def test_source_pickles_and_reads_in_any_order(hub_root: Path) -> None:
@@ -295,6 +344,22 @@ def test_an_interrupted_download_is_resumed(celeba_root: Path, tmp_path: Path,
         find_celeba(root)
     assert download_celeba(root).layout == "hub" and [c["call"] for c in calls][2:] == ["list", "download"]
     assert kept.stat().st_mtime_ns == mtime
+
+
+def test_a_download_that_would_not_fit_stops_before_writing(celeba_root: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict] = []
+    _fake_hub(monkeypatch, celeba_root, tmp_path / "staging", calls)
+    needed = sum(p.stat().st_size for p in (tmp_path / "staging").iterdir())
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=1 << 30, used=(1 << 30) - 1000,
+                                                                           free=1000))
+    root = tmp_path / "data"
+    root.mkdir()
+    with pytest.raises(OSError, match=f"not enough disk space in {root / HUB_FOLDER} for the 6 shards of CelebA: "
+                                      f"{needed / (1 << 30):.2f} GiB needed, 0.00 GiB free. .*data folder on a disk "
+                                      "with room"):
+        download_celeba(root)
+    assert [c["call"] for c in calls] == ["list"] and list(root.iterdir()) == []
 
 
 @pytest.mark.parametrize("failure", ["offline", "connect", "nothing-cached", "not-installed"])

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
 import torch
 from PIL import Image
 
-import celeba_vae.frechet
+import helper_knobs
 import run_lecture
-from celeba_vae.frechet import FrechetScore, PosteriorMeans, inception_fid
 from celeba_vae.recipes import Recipe
 from helper_data import get_cached_dataloaders_celeba
 from helper_knobs import (
@@ -20,20 +21,25 @@ from helper_knobs import (
     KNOB_VALUES,
     MEASURES,
     KnobSweep,
+    knob_findings,
     knob_grid,
     knob_table,
     plot_knob,
     plot_knob_faces,
 )
-from model import VAE
+from helper_quality import FrechetScore
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "5_what_the_knobs_do.ipynb"
 TWO_LATENT_SIZES = {"latent_dim": (2, 200)}
 
 
-def stand_in_features() -> torch.nn.Module:
+class MeanColours(torch.nn.Module):
     """A stand-in for Inception-v3 (no download): mean colour of each quarter of the image, 12 features."""
-    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+
+    num_features = 12
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(images, 2).flatten(1)
 
 
 @pytest.fixture
@@ -44,6 +50,7 @@ def sweep(celeba_copy: Path, tmp_path: Path) -> KnobSweep:
 
 
 def test_the_grid_changes_one_knob_at_a_time_from_the_lectures_settings() -> None:
+    assert KNOB_VALUES["reconstruction_term_weight"] == (0.1, 1.0, 10.0)  # 0.5 and 2 hide in one seed's noise
     full = knob_grid()
     assert full[0] == BASELINE and len(full) == 1 + sum(len(v) - 1 for v in KNOB_VALUES.values())
     assert len({run.name for run in full}) == len(full)
@@ -59,11 +66,12 @@ def test_the_sweep_saves_every_run_skips_finished_ones_and_continues_an_interrup
     runs = knob_grid(["latent_dim"], TWO_LATENT_SIZES)
     assert sweep.print_plan(runs) > 0
     assert "2 runs (0 already finished and skipped, 2 to train)" in capsys.readouterr().out
-    results = sweep.run(runs, FrechetScore(sweep.real_images, stand_in_features()))
+    results = sweep.run(runs, FrechetScore(sweep.real_images, MeanColours()))
     for run, result in zip(runs, results, strict=True):
-        folder = sweep.folder / run.name
-        assert {"checkpoint.pt", "metrics.json", "faces.pt"} <= {p.name for p in folder.iterdir()}
-        assert json.loads((folder / "metrics.json").read_text())["name"] == result["name"] == run.name
+        files = sweep.files(run)
+        assert files.checkpoint.is_file() and (files.run_dir / "faces.pt").is_file()
+        assert files.checkpoint.parent == sweep.folder / run.name / run.decoder
+        assert json.loads(files.metrics.read_text())["name"] == result["name"] == run.name
         assert all(result[key] is not None for key, _, _ in MEASURES), result
         assert result["fid"] >= 0 and result["active_units"] <= run.latent_dim
     assert [r["latent_dim"] for r in results] == [200, 2]
@@ -76,9 +84,9 @@ def test_the_sweep_saves_every_run_skips_finished_ones_and_continues_an_interrup
         with Image.open(tmp_path / name) as image:
             assert image.width > 300 and image.height > 200
 
-    finished = sweep.folder / runs[0].name / "metrics.json"
+    finished = sweep.files(runs[0]).metrics
     finished_before = finished.stat().st_mtime_ns
-    (sweep.folder / runs[1].name / "metrics.json").unlink()  # stopped after training, before it was measured
+    sweep.files(runs[1]).metrics.unlink()  # stopped after training, before it was measured
     capsys.readouterr()
     again = sweep.run(runs)
     printed = capsys.readouterr().out
@@ -97,25 +105,14 @@ def test_a_saved_run_with_other_settings_is_refused_with_its_folder(sweep: KnobS
         longer.run([BASELINE])
 
 
-def test_frechet_score_is_zero_for_the_same_images_and_grows_with_a_shift() -> None:
-    real = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    score = FrechetScore(real, stand_in_features(), batch_size=16)
-    assert score(real) == pytest.approx(0, abs=1e-6)
-    assert 0 < score((real + 0.1).clamp(0, 1)) < score((real + 0.3).clamp(0, 1))
-    encoder_space = FrechetScore(torch.rand(6, 3, 128, 128), PosteriorMeans(VAE(latent_dim=4)))
-    assert encoder_space.metric.real_features_sum.shape == (4,)
-    with pytest.raises(ValueError, match="at least 2 generated images"):
-        score(real[:1])
+def test_without_frechet_no_frechet_metric_is_built(sweep: KnobSweep, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> FrechetScore:
+        raise AssertionError("a Fréchet metric was built although frechet=False")
 
-
-def test_fid_without_its_weights_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_internet(*args: object, **kwargs: object) -> FrechetScore:
-        raise OSError("<urlopen error [Errno -2] Name or service not known>")
-
-    monkeypatch.setattr(celeba_vae.frechet, "FrechetScore", no_internet)
-    score, message = inception_fid(torch.rand(4, 3, 8, 8))
-    assert score is None and "\n" not in message
-    assert message.startswith("FID skipped") and "Name or service not known" in message
+    monkeypatch.setattr(helper_knobs, "FrechetScore", refuse)
+    sweep.frechet = False
+    [result] = sweep.run([BASELINE])
+    assert result["fd_baseline_encoder"] is None and result["fid"] is None and result["psnr"] > 0
 
 
 def test_the_runner_runs_notebook_5_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,6 +148,59 @@ def test_notebook_5_runs_headless_with_a_tiny_grid(tmp_path: Path) -> None:
     executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
     printed = "".join(o.get("text", "") for o in outputs)
-    assert "3 runs (0 already finished and skipped, 3 to train)" in printed and "FID not measured" in printed
-    assert "SYNTHETIC" in printed
-    assert "| 16 |" in "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert "3 runs (0 already finished and skipped, 3 to train)" in printed
+    assert "FID and the encoder-space Fréchet distance not measured" in printed and "SYNTHETIC" in printed
+    assert all(run["fd_baseline_encoder"] is None for run in metrics.values())
+    shown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert "| 16 |" in shown
+    by_size = {run["latent_dim"]: run for run in metrics.values()}
+    small, base = by_size[2], by_size[200]
+    assert (f"{small['test_reconstruction']:.0f} vs {base['test_reconstruction']:.0f}), PSNR {small['psnr']:.1f} vs "
+            f"{base['psnr']:.1f} dB") in shown
+    assert f"Every run: {base['epochs']} epoch(s) over " in shown
+    collapsed = [run["name"] for run in metrics.values() if run["active_units"] < run["latent_dim"]]
+    assert all(name in shown for name in collapsed) and ("no collapse is seen" in shown) == (not collapsed)
+
+
+def fake_run(knob: Any = BASELINE, **measures: Any) -> dict[str, Any]:
+    """A finished run's metrics as :meth:`KnobSweep.run` returns them, with ``measures`` overriding the defaults."""
+    return {"name": knob.name, "knob": knob.changed_knob, **asdict(knob), "epochs": 2, "num_samples": 300,
+            "test_loss": 1000.0, "test_reconstruction": 900.0, "test_kl": 100.0, "psnr": 18.0, "ssim": 0.4,
+            "checkerboard": 10.0, "active_units": knob.latent_dim, "probe_balanced_accuracy": 0.6,
+            "fd_baseline_encoder": 50.0, "fid": None, **measures}
+
+
+def weight(value: float) -> Any:
+    return replace(BASELINE, reconstruction_term_weight=value)
+
+
+def test_the_findings_state_the_runs_numbers_and_follow_them() -> None:
+    results = [fake_run(), fake_run(replace(BASELINE, latent_dim=2), test_reconstruction=2000.0, psnr=14.0,
+                                    probe_balanced_accuracy=0.5),
+               fake_run(weight(0.1), test_reconstruction=1100.0, test_kl=50.0, fd_baseline_encoder=40.0),
+               fake_run(weight(10.0), test_reconstruction=800.0, test_kl=200.0, fd_baseline_encoder=60.0),
+               fake_run(replace(BASELINE, decoder="nearest"), ssim=0.5, test_loss=950.0, checkerboard=1.1),
+               fake_run(replace(BASELINE, learning_rate=1e-4), test_loss=2000.0),
+               {**fake_run(replace(BASELINE, learning_rate=2e-3)), "diverged": "loss became nan at epoch 1"}]
+    text = knob_findings(results, 2400).data
+    assert "2 epoch(s) over 2,400 images (0.06% of the lecture's 8,138,500 image-steps)" in text
+    assert "2.2 times the 200-dimensional model's (2000 vs 900), PSNR 14.0 vs 18.0 dB, probe 0.50 vs 0.60" in text
+    assert "weight** 0.1 / 1 / 10: reconstruction 1100 / 900 / 800 (falls), KL 50 / 100 / 200 (rises)" in text
+    assert "Fréchet distance rises with the weight (40.0 / 50.0 / 60.0): 300 samples, one seed" in text
+    assert "SSIM 0.500 with nearest-neighbour upsampling vs 0.400 with transposed convolutions (+0.100)" in text
+    assert "checkerboard of samples 1.10 vs 10.00" in text
+    assert "Learning rate 0.0001**: test loss 2000, 2.00 times the lecture rate's 1000" in text
+    assert "Learning rate 0.002** diverged: loss became nan at epoch 1" in text
+    assert "every run kept all its latent dimensions active: no collapse is seen in runs of 2 epoch(s)" in text
+
+    results[2]["test_reconstruction"], results[0]["active_units"] = 700.0, 150
+    results[2]["fd_baseline_encoder"] = None
+    changed = knob_findings(results, 2400).data
+    assert "reconstruction 700 / 900 / 800 (goes up and down)" in changed and "Fréchet" not in changed
+    assert f"collapsed to the prior in {BASELINE.name} (150 of 200)" in changed and "no collapse" not in changed
+
+
+def test_the_findings_say_only_what_the_swept_knobs_measured() -> None:
+    alone = knob_findings([fake_run()], 2400).data
+    assert "Decoder" not in alone and "Learning rate" not in alone and "Latent size" not in alone
+    assert "missing or diverged" in knob_findings([fake_run(replace(BASELINE, latent_dim=2))], 2400).data

@@ -16,7 +16,6 @@ import helper_plotting
 from helper_data import get_cached_dataloaders_celeba
 from helper_train import (
     EpochImages,
-    epoch_images_gif,
     evaluate_vae,
     mean_image_baseline,
     train_vae_v1,
@@ -256,10 +255,9 @@ def test_training_saves_one_picture_per_epoch_and_a_gif(tmp_path: Path) -> None:
         assert torch.equal(pixels[:, 2:130, 2:130], images[0])
         assert torch.equal(pixels[:, 2:130, 132:260], images[1])
     assert model.training
-    gif = epoch_images_gif(folder, tmp_path / "training.gif")
-    with Image.open(gif) as animation:
-        assert animation.n_frames == 2 and animation.size == (522, 392)
-    with Image.open(epoch_images_gif(folder, tmp_path / "first.gif", num_epochs=1)) as animation:
+    with Image.open(helper_plotting.save_epoch_gif(folder, tmp_path / "training.gif")) as animation:
+        assert animation.n_frames == 2
+    with Image.open(helper_plotting.save_epoch_gif(folder, tmp_path / "first.gif", num_epochs=1)) as animation:
         assert animation.n_frames == 1
 
 
@@ -270,6 +268,14 @@ def test_epoch_images_from_a_loader_are_fixed_by_the_seed(tmp_path: Path) -> Non
     assert torch.equal(first.images, images[:4]) and first.noise.shape == (4, 200)
     assert torch.equal(first.noise, again.noise)
     assert not torch.equal(first.noise, EpochImages.from_loader(loader, tmp_path, num_images=4, seed=4).noise)
+
+
+def test_epoch_images_of_a_small_first_batch_draw_as_many_noise_vectors(tmp_path: Path) -> None:
+    images = torch.rand(3, 3, 128, 128)
+    epoch_images = EpochImages.from_loader([(images, torch.zeros(3))], tmp_path, num_images=8, latent_dim=8)
+    assert epoch_images.noise.shape == (3, 8)
+    with Image.open(epoch_images.save(VAE(latent_dim=8), torch.device("cpu"), 1)) as picture:
+        assert picture.size == (3 * 130 + 2, 3 * 130 + 2)  # three rows: originals, reconstructions, samples
 
 
 def test_a_long_run_prints_about_twenty_epoch_lines(capsys: pytest.CaptureFixture[str]) -> None:

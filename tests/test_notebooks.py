@@ -47,7 +47,8 @@ def test_runner_executes_all_notebooks_for_both_decoders(tmp_path: Path, capfd: 
         assert (out / decoder / "checkpoint.pt").is_file() and (out / decoder / "vae_celeba_02.pt").is_file()
     figures = {p.name for p in (out / "figures").iterdir()}
     expected = {"transpose_loss_combined.png", "nearest_loss_kl.png", "transpose_test_reconstructions.png",
-                "nearest_samples_0.png", "transpose_latent_histograms.png", "transpose_latent_summary.png",
+                "nearest_samples.png", "transpose_zoomed_crops.png", "transpose_latent_histograms.png",
+                "transpose_latent_summary.png",
                 "decoders_reconstructions.png", "decoders_samples.png", "average_faces.png",
                 "transpose_modified_Eyeglasses.png", "nearest_latent_average_faces.png",
                 "nearest_interpolation.png", "nearest_interpolation.gif", "training_faces.png", "power_spectra.png",

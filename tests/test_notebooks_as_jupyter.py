@@ -13,6 +13,7 @@ import papermill as pm
 import pytest
 
 from celeba_vae.synthetic import write_synthetic_celeba
+from helper_data import CelebAFaces
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("1_train_vae.ipynb", "2_sample_and_reconstruct.ipynb", "3_latent_histograms.ipynb",
@@ -119,8 +120,38 @@ def test_notebooks_run_from_notebooks_folder_with_the_repository_data(checkout: 
     for notebook in NOTEBOOKS:
         check_as_a_learner_sees_it(executed / notebook)
     assert "| test |" in _markdown(executed / NOTEBOOKS[0]), "the run summary is not shown as a table"
-    assert "| Smiling |" in _markdown(executed / NOTEBOOKS[2]), "the probe is not shown as a table"
+    assert "| Smiling |" not in _markdown(executed / NOTEBOOKS[2]), "the probe is shown as a chart and a table"
     assert "| Eyeglasses |" in _markdown(executed / NOTEBOOKS[3]), "the aligned directions are not shown"
+    check_statements_against_metrics(executed, metrics, train_images=len(CelebAFaces(checkout / "data", "train")))
+    size = (executed / NOTEBOOKS[0]).stat().st_size
+    assert size < MAX_NOTEBOOK_1_BYTES, f"executed notebook 1 holds {size:,} bytes"
+
+
+MAX_NOTEBOOK_1_BYTES = 3_000_000
+
+
+def check_statements_against_metrics(executed: Path, metrics: dict, train_images: int) -> None:
+    """The numbers each notebook states about the run are the numbers it measured and wrote to metrics.json."""
+    training = metrics["training"]["transpose"]
+    first = _markdown(executed / NOTEBOOKS[0])
+    assert f"First minibatch loss {training['first_minibatch_loss']:,.1f}" in first
+    assert f"the training cell ran {training['minutes']:.1f} min" in first
+    assert f"({training['image_steps']:,} of 8,138,500" in first and training["train_images"] == train_images
+    spectra, over = metrics["spectra"]["transpose"], metrics["checkerboard_over_training"]["transpose"]
+    second = _markdown(executed / NOTEBOOKS[1])
+    assert f"Real test faces score {spectra['real_checkerboard_score']:.2f}" in second
+    assert f"Reconstructions: {spectra['reconstruction_checkerboard_score']:,.2f}" in second
+    assert f"Samples: {spectra['sample_checkerboard_score']:,.2f}" in second
+    assert [entry["epoch"] for entry in over] == list(range(1, training["epochs"] + 1))
+    assert f"{training['image_steps']:,} of 8,138,500" in second
+    latent = metrics["latent"]["transpose"]
+    assert latent["images"] == train_images, "part 3 did not encode the images part 1 trained on"
+    assert (f"{latent['active_units']} of {latent['latent_dim']} dimensions are active over {latent['images']:,}"
+            in _markdown(executed / NOTEBOOKS[2]))
+    fourth = _markdown(executed / NOTEBOOKS[3])
+    row = next(line for line in fourth.splitlines() if line.startswith("| Eyeglasses |"))
+    aligned = row.split("|")[2].strip().split(" (")[0]
+    assert f"the Eyeglasses direction points most the same way as {aligned} (" in fourth
 
 
 def test_reconstruction_term_weight_reaches_the_loss(checkout: Path, tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from celeba_vae import celeba_files, selfcheck
 from celeba_vae.decoded_cache import build_decoded_cache
 from celeba_vae.paths import REPO_ROOT
 from celeba_vae.recipes import RECIPES, choose_recipe
+from helper_train import train_vae_v1
 
 UNGUARDED_SCRIPT = """\
 import torch
@@ -91,43 +91,6 @@ def test_every_module_imports_without_the_posix_only_modules() -> None:
     assert "load average: None" in done.stdout and "imported" in done.stdout
 
 
-def _mapped_files() -> set[str]:
-    """The files this process has memory-mapped, from ``/proc/self/maps``."""
-    with open("/proc/self/maps") as maps:
-        return {fields[5].strip() for fields in (line.split(maxsplit=5) for line in maps) if len(fields) == 6}
-
-
-@pytest.fixture
-def windows_file_locks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Windows' rule on Linux: a file that is memory-mapped cannot be removed, renamed or replaced."""
-    if not Path("/proc/self/maps").is_file():
-        pytest.skip("the stand-in reads /proc/self/maps (Linux)")
-    real_unlink, real_replace, real_rename = os.unlink, os.replace, os.rename
-
-    def refuse_if_mapped(path: str | os.PathLike, dir_fd: int | None) -> None:
-        folder = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd is not None else os.getcwd()
-        if os.path.realpath(os.path.join(folder, path)) in _mapped_files():
-            raise PermissionError(13, "The process cannot access the file because it is being used by another "
-                                      "process", str(path))
-
-    def unlink(path: str | os.PathLike, *, dir_fd: int | None = None) -> None:
-        refuse_if_mapped(path, dir_fd)
-        real_unlink(path, dir_fd=dir_fd)
-
-    def replace_with(real: Callable[..., None]) -> Callable[..., None]:
-        def moved(src: str | os.PathLike, dst: str | os.PathLike, *, src_dir_fd: int | None = None,
-                  dst_dir_fd: int | None = None) -> None:
-            refuse_if_mapped(src, src_dir_fd)
-            refuse_if_mapped(dst, dst_dir_fd)
-            real(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
-        return moved
-
-    monkeypatch.setattr(os, "unlink", unlink)
-    monkeypatch.setattr(os, "remove", unlink)
-    monkeypatch.setattr(os, "replace", replace_with(real_replace))
-    monkeypatch.setattr(os, "rename", replace_with(real_rename))
-
-
 def test_the_stand_in_refuses_to_replace_a_mapped_file(tmp_path: Path, windows_file_locks: None) -> None:
     np.save(tmp_path / "a.npy", np.zeros(4096, np.uint8))
     (tmp_path / "b.npy").write_bytes(b"new")
@@ -165,7 +128,8 @@ def test_the_self_check_removes_its_temporary_folder(tmp_path: Path, windows_fil
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    selfcheck.run_self_check("cpu", steps=2, batch_size=8, num_images=60, resume_batches=2)
+    selfcheck.run_self_check(train_vae_v1, torch.device("cpu"), steps=2, batch_size=8, num_images=60,
+                             resume_batches=2)
     assert "could not remove" not in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -139,3 +140,79 @@ def test_a_script_with_a_gui_backend_keeps_the_figure_for_plt_show(monkeypatch: 
     monkeypatch.setattr(plt, "get_backend", lambda: "module://matplotlib_inline.backend_inline")
     fig = hp.plot_training_loss([5.0, 4.0, 3.0], num_epochs=1)
     assert not plt.fignum_exists(fig.number)
+
+
+def test_loss_plot_shows_the_first_epoch_on_a_log_scale_with_its_unit() -> None:
+    losses = [5556.7, 900.0] + [600.0] * 98
+    fig = hp.plot_training_loss(losses, num_epochs=2, unit="nats per image")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "Loss (nats per image, log scale)"
+    assert ax.get_ylim()[1] > 5556.7, "the first minibatch loss is cut off"
+    linear = hp.plot_training_loss([3.0, -1.0, 0.5], num_epochs=1).axes[0]
+    assert linear.get_yscale() == "linear" and linear.get_ylabel() == "Loss (per image)"
+
+
+def test_reconstructions_are_labelled_and_large_enough_to_judge(tmp_path: Path, loader: list) -> None:
+    fig = hp.plot_generated_images(loader * 2, VAE(), "cpu", modeltype="VAE", save_path=tmp_path / "r.png")
+    labels = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert labels == ["original", "reconstruction"]
+    width, _ = _png(tmp_path / "r.png")
+    assert width / 4 >= 100, "fewer than 100 pixels per face"
+    samples = hp.plot_images_sampled_from_vae(VAE(), "cpu", 200, num_images=12, per_row=8)
+    assert len(samples.axes) == 12 and samples.get_size_inches()[0] / 8 >= 1.0
+
+
+def test_zoomed_crops_enlarge_the_marked_box_pixel_for_pixel(tmp_path: Path) -> None:
+    image = torch.rand(3, 64, 64)
+    fig = hp.plot_zoomed_crops({"real": image, "other": image.flip(-1)}, box=(8, 16, 8), zoom=4,
+                               save_path=tmp_path / "z.png")
+    shown = fig.axes[2].images[0].get_array()
+    assert shown.shape == (32, 32, 3)
+    expected = image[:, 8:16, 16:24].repeat_interleave(4, -1).repeat_interleave(4, -2).permute(1, 2, 0).numpy()
+    assert np.allclose(shown, expected)
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["real", "other"]
+    _png(tmp_path / "z.png")
+    with pytest.raises(ValueError, match="does not fit the real image"):
+        hp.plot_zoomed_crops({"real": image}, box=(40, 40, 32))
+
+
+def _epoch_pngs(folder: Path, epochs: int, checkerboard: bool = False) -> None:
+    """Pictures laid out as helper_train.EpochImages writes them: noise faces, or a one-pixel checkerboard."""
+    from torchvision.utils import make_grid
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    faces = torch.rand(24, 3, 64, 64)
+    if checkerboard:
+        faces = torch.zeros(24, 3, 64, 64)
+        faces[..., ::2, ::2] = faces[..., 1::2, 1::2] = 1.0
+    for epoch in range(1, epochs + 1):
+        grid = make_grid(faces, nrow=8, pad_value=1.0)
+        Image.fromarray(grid.mul(255).byte().permute(1, 2, 0).numpy()).save(folder / f"epoch_{epoch:03d}.png")
+
+
+def test_epoch_gif_has_a_counter_and_stays_under_its_size(tmp_path: Path) -> None:
+    _epoch_pngs(tmp_path / "epochs", 12)
+    small = hp.save_epoch_gif(tmp_path / "epochs", tmp_path / "small.gif", max_bytes=200_000)
+    assert small.stat().st_size <= 200_000
+    with Image.open(small) as gif:
+        assert 2 <= gif.n_frames < 12 and gif.width == 2 + 4 * 66
+    _epoch_pngs(tmp_path / "pattern", 2, checkerboard=True)
+    with Image.open(hp.save_epoch_gif(tmp_path / "pattern", tmp_path / "pattern.gif")) as gif:
+        first = np.asarray(gif.convert("RGB"))
+    unstamped = np.asarray(Image.open(tmp_path / "pattern" / "epoch_001.png").convert("RGB"))
+    assert first.shape[0] == unstamped.shape[0] + 22 and (first[:22] < 128).any(), "no epoch counter"
+    assert np.array_equal(first[22:], unstamped[:, :first.shape[1]]), "the one-pixel checkerboard did not survive"
+    whole = hp.save_epoch_gif(tmp_path / "epochs", tmp_path / "all.gif", num_epochs=3, max_bytes=10_000_000)
+    with Image.open(whole) as gif:
+        assert gif.n_frames == 3
+    with pytest.raises(FileNotFoundError, match="epoch_"):
+        hp.save_epoch_gif(tmp_path / "none", tmp_path / "x.gif")
+
+
+def test_latent_summary_marks_how_much_the_means_vary() -> None:
+    z_mean = torch.zeros(300, 6)
+    z_mean[:, 2] = torch.linspace(-2, 2, 300)
+    fig = hp.plot_latent_summary(torch.randn(300, 6), z_mean=z_mean)
+    ticks = next(line for line in fig.axes[0].lines if line.get_label() == "std of the means mu")
+    assert np.allclose(ticks.get_ydata(), z_mean.numpy().std(axis=0), atol=1e-5)

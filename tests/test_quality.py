@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import math
 import warnings
+import weakref
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -16,6 +18,8 @@ import torchvision.transforms.functional as TF
 from matplotlib.figure import Figure
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 import helper_explorer
 import helper_quality
@@ -23,7 +27,10 @@ from helper_explorer import explorer_image, latent_explorer, top_variance_dimens
 from helper_latent import decode, reconstruct
 from helper_probe import attribute_probe, plot_probe, probe_table
 from helper_quality import (
+    FrechetScore,
+    PosteriorMeans,
     checkerboard_score,
+    inception_fid,
     mean_power_spectrum,
     nyquist_power_ratio,
     plot_power_spectra,
@@ -386,3 +393,108 @@ def test_run_summary_is_a_short_table_of_the_recorded_run() -> None:
     text = run_summary(run).data
     assert "| test | 510.0 | 31.0 | 541.0 |" in text and "2900.0" in text and "PSNR 20.0 dB" in text
     assert len(text.splitlines()) <= 8
+
+
+class MeanColours(nn.Module):
+    """A stand-in for Inception-v3 (no download): the mean colour of each quarter of the image, zero-padded to
+    ``num_features``. It notes whether each batch reached it on the stand-in MPS device ``mps`` and its dtype."""
+
+    def __init__(self, num_features: int = 12, mps: MpsStandIn | None = None) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.mps = mps
+        self.seen: list[tuple[bool, torch.dtype]] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.seen.append((self.mps is not None and self.mps.holds(images), images.dtype))
+        return F.pad(F.adaptive_avg_pool2d(images.float(), 2).flatten(1), (0, self.num_features - 12))
+
+
+class MpsStandIn(TorchFunctionMode):
+    """Apple's MPS on a CPU-only machine: tensors moved to or created on ``"mps"`` are CPU tensors that this mode
+    tracks, and so is everything computed from them; as on a Mac, none of them can be float64."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tracked: dict[int, weakref.ref] = {}
+
+    def holds(self, tensor: torch.Tensor) -> bool:
+        ref = self._tracked.get(id(tensor))
+        return ref is not None and ref() is tensor
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs, target = dict(kwargs or {}), "cpu" if func is torch.Tensor.cpu else None
+        if "device" in kwargs:
+            target = torch.device(kwargs["device"]).type
+            kwargs["device"] = "cpu"
+        if func is torch.Tensor.to:
+            places = [torch.device(a).type for a in args[1:] if isinstance(a, (str, torch.device))]
+            target = places[0] if places else target
+            args = (args[0], *("cpu" if isinstance(a, (str, torch.device)) else a for a in args[1:]))
+            kwargs["copy"] = True
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        on_mps = target == "mps" or (target is None and any(self.holds(t) for t in inputs))
+        result = func(*args, **kwargs)
+        if target == "cpu" and isinstance(result, torch.Tensor) and self.holds(result):
+            result = result.clone()  # a copy to the host is a new tensor
+        for out in tree_flatten(result)[0] if on_mps else []:
+            if isinstance(out, torch.Tensor):
+                if out.dtype == torch.float64:
+                    raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't "
+                                    "support float64. Please use float32 instead.")
+                self._tracked[id(out)] = weakref.ref(out)
+        return result
+
+
+def test_the_mps_stand_in_refuses_float64_and_tracks_what_is_moved_there() -> None:
+    with MpsStandIn() as mps:
+        on_mps = torch.ones(3).to("mps")
+        assert mps.holds(on_mps) and mps.holds(on_mps * 2) and not mps.holds(on_mps.cpu())
+        with pytest.raises(TypeError, match="MPS Tensor to float64"):
+            on_mps.double()
+
+
+def test_frechet_score_is_zero_for_the_same_images_and_grows_with_a_shift() -> None:
+    real = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    score = FrechetScore(real, MeanColours(), batch_size=16)
+    assert score(real) == pytest.approx(0, abs=1e-6)
+    assert 0 < score((real + 0.1).clamp(0, 1)) < score((real + 0.3).clamp(0, 1))
+    encoder_space = FrechetScore(torch.rand(6, 3, 128, 128), PosteriorMeans(VAE(latent_dim=4)))
+    assert encoder_space.metric.real_features_sum.shape == (4,)
+    with pytest.raises(ValueError, match="at least 2 generated images"):
+        score(real[:1])
+
+
+@pytest.mark.parametrize("feature", ["module", "inception"])
+def test_on_mps_the_features_are_computed_there_and_the_sums_stay_on_the_cpu(
+    feature: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = torch.rand(20, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    fake = (real + 0.2).clamp(0, 1)
+
+    def score_on(device: str, mps: MpsStandIn | None = None) -> tuple[FrechetScore, MeanColours]:
+        if feature == "module":
+            extractor = MeanColours(mps=mps)
+            return FrechetScore(real, extractor, batch_size=8, device=device), extractor
+        extractor = MeanColours(64, mps)  # FID's Inception-v3 (bytes in, 64 features out), without its download
+        monkeypatch.setattr(helper_quality, "NoTrainInceptionV3", lambda name, features_list: extractor)
+        return FrechetScore(real, 64, batch_size=8, device=device), extractor
+
+    expected = score_on("cpu")[0](fake)
+    with MpsStandIn() as mps:
+        score, extractor = score_on("mps", mps)
+        assert score(fake) == pytest.approx(expected, rel=1e-6)
+        states = [score.metric.real_features_sum, score.metric.fake_features_cov_sum]
+        assert all(t.dtype == torch.float64 and not mps.holds(t) for t in states)
+    assert extractor.seen and all(on_mps for on_mps, _ in extractor.seen)
+    assert {dtype for _, dtype in extractor.seen} == {torch.uint8 if feature == "inception" else torch.float32}
+
+
+def test_fid_without_its_weights_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_internet(*args: object, **kwargs: object) -> nn.Module:
+        raise OSError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(helper_quality, "NoTrainInceptionV3", no_internet)
+    score, message = inception_fid(torch.rand(4, 3, 8, 8))
+    assert score is None and "\n" not in message
+    assert message.startswith("FID skipped") and "Name or service not known" in message

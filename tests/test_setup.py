@@ -128,3 +128,13 @@ def test_older_checkpoints_recording_the_root_still_load_elsewhere(tmp_path: Pat
     save_checkpoint(path, VAE(), epoch=1, settings={"data": {**legacy, "layout": "kaggle"}})
     with pytest.raises(ValueError, match="trained on CelebA \\(kaggle layout, /content/data"):
         start_notebook(dataset="celeba", data_root=celeba_root, output_dir=tmp_path / "out", device="cpu").load_model()
+
+
+def test_a_changed_recipe_says_what_runs_instead(capsys: pytest.CaptureFixture[str]) -> None:
+    demo = RECIPES["demo"]
+    assert demo.override(num_epochs=None, batch_size=demo.batch_size) is demo
+    assert capsys.readouterr().out == ""
+    changed = demo.override(num_epochs=1)
+    line = capsys.readouterr().out.strip()
+    assert changed.name == "demo, num_epochs=1" and changed.num_epochs == 1
+    assert line == "Training instead: demo, num_epochs=1 (all training images, 1 epoch, batch size 64)"

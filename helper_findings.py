@@ -1,0 +1,247 @@
+"""What this run shows: short Markdown blocks built from the run's own numbers, beside the lecture's reference.
+
+Each ``*_facts`` function measures (and returns a dict that a notebook records in ``metrics.json``); each
+``*_findings`` function turns such a dict into a few sentences that say what agrees with the lecture and what does
+not. A notebook states a result only through these, so every sentence is true for the run in front of the learner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from IPython.display import Markdown
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
+
+from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES
+from helper_data import attribute_index
+from helper_latent import AttributeMeans
+from helper_quality import checkerboard_score
+
+LECTURE_EPOCHS = 50
+LECTURE_IMAGE_STEPS = LECTURE_EPOCHS * OFFICIAL_SPLIT_SIZES["train"]
+LECTURE_FIRST_LOSS = {"transpose": 5556.7, "nearest": 4594.0}
+LECTURE_MINUTES = {"transpose": 82.0, "nearest": 90.7}
+STILL_FALLING = 0.01  # a last epoch that lowers the loss by more than 1% counts as still falling
+CHECKERBOARD_RATIO = 1.5  # a checkerboard score above 1.5x the real faces' counts as a checkerboard
+NEAR_IDENTICAL = 0.01  # average faces closer than this (mean absolute pixel difference) count as nearly identical
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage with two significant digits for small values: 0.0098 -> '0.98%'."""
+    return f"{share:.0%}" if share >= 0.095 else f"{share * 100:.2g}%"
+
+
+def lecture_share(image_steps: int) -> str:
+    """'about 1% of the lecture's image-steps (80,000 of 8,138,500)'."""
+    return (f"about {_percent(image_steps / LECTURE_IMAGE_STEPS)} of the lecture's image-steps "
+            f"({image_steps:,} of {LECTURE_IMAGE_STEPS:,}: {LECTURE_EPOCHS} epochs x "
+            f"{OFFICIAL_SPLIT_SIZES['train']:,} images)")
+
+
+def training_facts(log_dict: Mapping[str, Sequence[float]], train_images: int, minutes: float) -> dict[str, Any]:
+    """What a notebook records about training: first minibatch loss, per-epoch losses, image-steps, time.
+
+    ``last_change`` is the relative fall of the last epoch's loss (validation when measured, else training):
+    ``(previous - last) / previous``, ``None`` after a single epoch.
+    """
+    train = list(log_dict["train_combined_loss_per_epoch"])
+    valid = list(log_dict.get("valid_combined_loss_per_epoch") or [])
+    curve = valid or train
+    epochs = len(log_dict["epoch"])
+    return {
+        "first_minibatch_loss": float(log_dict["train_combined_loss_per_batch"][0]),
+        "epochs": epochs,
+        "train_images": train_images,
+        "image_steps": train_images * epochs,
+        "minutes": minutes,
+        "last_train_loss": train[-1],
+        "last_valid_loss": valid[-1] if valid else None,
+        "curve": "validation" if valid else "training",
+        "last_change": (curve[-2] - curve[-1]) / curve[-2] if len(curve) > 1 else None,
+    }
+
+
+def _trend(facts: Mapping[str, Any]) -> str:
+    change = facts["last_change"]
+    if change is None:
+        return "With one epoch there is no second point: too short to tell whether the loss levels off."
+    said = f"The {facts['curve']} loss changed by {-change:+.1%} in the last epoch"
+    if change > STILL_FALLING:
+        return f"{said}: **still falling**; more epochs would likely lower it further."
+    if change < -STILL_FALLING:
+        return f"{said}: it **rose**, so the last epochs no longer helped (noise, or the start of overfitting)."
+    return f"{said}: it has **levelled off** at this learning rate."
+
+
+def training_findings(
+    facts: Mapping[str, Any], decoder: str, dataset: str = "celeba", reconstruction_term_weight: float = 1.0
+) -> Markdown:
+    """What this training run shows beside the lecture's: start, trend, train against validation, length, time."""
+    lines = [(f"**This run** ({decoder} decoder): {facts['epochs']} epoch(s) on {facts['train_images']:,} "
+             f"images, {lecture_share(facts['image_steps'])}; the training cell ran {facts['minutes']:.1f} min "
+             f"(the lecture's {decoder} run: {LECTURE_MINUTES[decoder]} min on a GPU).")]
+    first = facts["first_minibatch_loss"]
+    if dataset != "celeba":
+        lines.append(f"First minibatch loss {first:,.1f}: on {dataset} faces the values do not compare with the "
+                     "lecture's.")
+    elif reconstruction_term_weight != 1:
+        lines.append(f"First minibatch loss {first:,.1f}, with w = {reconstruction_term_weight:g}: not comparable "
+                     f"with the lecture's (w = 1) {LECTURE_FIRST_LOSS[decoder]:,.1f}.")
+    else:
+        lines.append(f"First minibatch loss {first:,.1f}; the lecture's {decoder} run started at "
+                     f"{LECTURE_FIRST_LOSS[decoder]:,.1f} (a different random initialization and batch).")
+    lines.append(_trend(facts))
+    if facts["last_valid_loss"] is not None:
+        above = facts["last_train_loss"] > facts["last_valid_loss"]
+        lines.append(f"Last epoch: training loss {facts['last_train_loss']:,.1f}, validation loss "
+                     f"{facts['last_valid_loss']:,.1f}: the training loss is "
+                     f"{'above' if above else 'below'} the validation loss"
+                     f"{' (explained below)' if above else ', the sign of a model that starts to overfit'}.")
+    return Markdown("\n\n".join(lines))
+
+
+def progress_findings(metrics: Mapping[str, Any], decoder: str) -> Markdown:
+    """How much the weights a notebook reads were trained, from part 1's ``training`` record in ``metrics.json``."""
+    facts = metrics.get("training", {}).get(decoder)
+    if not facts:
+        return Markdown(f"`metrics.json` has no training record for the {decoder} decoder (part 1 writes it), so "
+                        "this notebook cannot say how long these weights were trained.")
+    return Markdown(f"These weights were trained for {facts['epochs']} epoch(s) on {facts['train_images']:,} "
+                    f"images: {lecture_share(facts['image_steps'])}. The lecture's faces are from the end of its "
+                    "50 epochs; read what you see here as a model at that point of training.")
+
+
+def epoch_image_rows(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The originals, reconstructions and decoded noise of one ``epoch_*.png`` of :class:`helper_train.EpochImages`
+    (three rows of square faces in a ``make_grid`` with 2 pixels of padding), each (N, 3, H, W) in [0, 1]."""
+    with Image.open(path) as picture:
+        grid = pil_to_tensor(picture.convert("RGB")).float() / 255
+    size = (grid.shape[1] - 2) // 3 - 2
+    count = (grid.shape[2] - 2) // (size + 2)
+    if size < 4 or 3 * (size + 2) + 2 != grid.shape[1] or count * (size + 2) + 2 != grid.shape[2]:
+        raise ValueError(f"{path} is not a grid of three rows of square faces written by helper_train.EpochImages")
+    rows = []
+    for row in range(3):
+        top = 2 + row * (size + 2)
+        rows.append(torch.stack([grid[:, top:top + size, 2 + c * (size + 2):2 + c * (size + 2) + size]
+                                 for c in range(count)]))
+    return rows[0], rows[1], rows[2]
+
+
+def checkerboard_over_training(folder: str | Path, num_epochs: int | None = None) -> list[dict[str, float]]:
+    """Checkerboard scores of the fixed faces' reconstructions and decoded noise after each epoch, read back from
+    the ``epoch_*.png`` part 1 kept (the first ``num_epochs``): ``[{"epoch", "reconstructions", "samples"}]``."""
+    files = sorted(Path(folder).glob("epoch_*.png"))[:num_epochs]
+    if not files:
+        raise FileNotFoundError(f"no epoch_*.png in {folder}: part 1 writes them while it trains")
+    scores = []
+    for file in files:
+        _, reconstructions, samples = epoch_image_rows(file)
+        scores.append({"epoch": int(file.stem.split("_")[1]), "reconstructions": checkerboard_score(reconstructions),
+                       "samples": checkerboard_score(samples)})
+    return scores
+
+
+def _verdict(score: float, real: float) -> str:
+    if score > CHECKERBOARD_RATIO * real:
+        return f"{score:,.2f}, {score / real:,.1f}x the real faces': **a checkerboard**"
+    return f"{score:,.2f}, within {CHECKERBOARD_RATIO}x of the real faces': no checkerboard beyond theirs"
+
+
+def checkerboard_findings(
+    measures: Mapping[str, float], decoder: str, over_training: Sequence[Mapping[str, float]] = (),
+    image_steps: int | None = None,
+) -> Markdown:
+    """The checkerboard scores of this run (``spectral_measures`` of one decoder), how they changed from the first
+    to the last epoch, and how that squares with the lecture's "I don't see any checkerboard" after 50 epochs."""
+    real = measures["real_checkerboard_score"]
+    lines = [(f"**This run's {decoder} decoder.** Real test faces score {real:.2f}. Reconstructions: "
+             f"{_verdict(measures['reconstruction_checkerboard_score'], real)}. Samples: "
+             f"{_verdict(measures['sample_checkerboard_score'], real)}.")]
+    if len(over_training) > 1:
+        first, last = over_training[0], over_training[-1]
+        lines.append(f"Over training (the 8 fixed faces part 1 drew after every epoch): reconstructions "
+                     f"{first['reconstructions']:,.2f} after epoch {first['epoch']}, {last['reconstructions']:,.2f} "
+                     f"after epoch {last['epoch']}; samples {first['samples']:,.2f}, then {last['samples']:,.2f}.")
+    elif over_training:
+        lines.append("Part 1 kept the faces of a single epoch, so there is no change over training to show.")
+    seen = any(measures[k] > CHECKERBOARD_RATIO * real
+               for k in ("reconstruction_checkerboard_score", "sample_checkerboard_score"))
+    steps = f" after {lecture_share(image_steps)}" if image_steps else ""
+    more = f"{LECTURE_IMAGE_STEPS / image_steps:,.0f} times as much training" if image_steps else "more training"
+    if seen:
+        lines.append(f"The lecture saw no checkerboard after its 50 epochs; this run measures one{steps}. Both can "
+                     f"be true: this run cannot tell whether the pattern fades with {more}, and a score well above "
+                     "the real faces' can still be faint at normal size (the zoom shows how it looks).")
+    else:
+        lines.append(f"This agrees with the lecture's \"I don't see any checkerboard\"{steps}.")
+    return Markdown("\n\n".join(lines))
+
+
+def latent_facts(stats: Mapping[str, Any], num_images: int) -> dict[str, Any]:
+    """Active units and where the KL sits, from :func:`helper_latent.latent_statistics`."""
+    active = stats["active_mask"]
+    kl = stats["kl_per_dim"].double()
+    return {"active_units": int(active.sum()), "latent_dim": len(active), "images": num_images,
+            "total_kl": float(kl.sum()), "inactive_kl": float(kl[~active].sum()),
+            "inactive": [int(j) for j in torch.nonzero(~active).flatten()]}
+
+
+def latent_findings(facts: Mapping[str, Any]) -> Markdown:
+    """Active units of this run, and what that means for the histograms and the exercises."""
+    active, total = facts["active_units"], facts["latent_dim"]
+    lines = [(f"**This run:** {active} of {total} dimensions are active over {facts['images']:,} encoded images; "
+             f"total KL {facts['total_kl']:.1f} nats per image.")]
+    if active == total:
+        lines.append("No dimension has collapsed to the prior, so no histogram above is a prior-only copy: every "
+                     "one carries some information. (Collapsed dimensions tend to appear with longer training or a "
+                     "smaller reconstruction weight.)")
+    else:
+        shown = ", ".join(map(str, facts["inactive"][:12])) + (" ..." if len(facts["inactive"]) > 12 else "")
+        lines.append(f"{total - active} inactive: z[{shown}]. Together they cost {facts['inactive_kl']:.2f} nats "
+                     f"of the {facts['total_kl']:.2f}.")
+    return Markdown("\n\n".join(lines))
+
+
+def average_faces_findings(pixel_means: AttributeMeans, attributes: Sequence[str]) -> Markdown:
+    """How different the average faces with and without each attribute are (mean absolute pixel difference)."""
+    parts = []
+    for name in attributes:
+        i = attribute_index(name)
+        gap = float((pixel_means.with_attribute[i] - pixel_means.without_attribute[i]).abs().mean())
+        kind = "nearly identical" if gap < NEAR_IDENTICAL else "visibly different"
+        parts.append(f"{name}: {gap:.3f} ({kind})")
+    return Markdown(f"**These averages:** mean absolute pixel difference between with and without (pixels in "
+                    f"[0, 1]; below {NEAR_IDENTICAL} counts as nearly identical): " + "; ".join(parts) + ".")
+
+
+def entanglement_findings(latent_means: AttributeMeans, attribute: str) -> Markdown:
+    """The example of entanglement, taken from this run's own table: the direction most aligned with ``attribute``."""
+    (other, cosine), *_ = latent_means.aligned_attributes(attribute, k=1)
+    with_other = float(latent_means.count_with[attribute_index(other)])
+    return Markdown(f"**In this run** the {attribute} direction points most the same way as {other} "
+                    f"(cosine {cosine:+.2f}; {with_other:,.0f} of the averaged faces have {other}): moving a face "
+                    f"along {attribute} is likely to {'add' if cosine > 0 else 'remove'} some {other} too.")
+
+
+def code_length_findings(z_mean: torch.Tensor) -> Markdown:
+    """The length of the posterior means against sqrt(latent_dim), the typical length of a code drawn from N(0, I)."""
+    lengths = z_mean.detach().float().norm(dim=1)
+    dim = z_mean.shape[1]
+    return Markdown(f"**Code lengths in this run:** posterior means of {len(lengths):,} test faces have length "
+                    f"{float(lengths.mean()):.1f} on average (range {float(lengths.min()):.1f}-"
+                    f"{float(lengths.max()):.1f}); codes drawn from N(0, I) have length close to "
+                    f"sqrt({dim}) = {dim ** 0.5:.1f}.")
+
+
+def strongest_dimensions_findings(z_mean: torch.Tensor, k: int = 5) -> Markdown:
+    """The ``k`` dimensions whose posterior means vary most (the explorer's), with their spread."""
+    std = z_mean.detach().float().std(dim=0)
+    values, indices = torch.topk(std, min(k, len(std)))
+    listed = ", ".join(f"z[{j}] ({v:.2f})" for v, j in zip(values.tolist(), indices.tolist(), strict=True))
+    return Markdown(f"**Strongest dimensions** (standard deviation of the posterior mean across faces): {listed}. "
+                    "In part 3's summary plot these have the tallest black ticks (std of the means mu).")

@@ -1,0 +1,173 @@
+"""What a notebook says about a run is computed from that run: each finding follows the numbers it is given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import helper_findings as hf
+from celeba_vae.celeba_files import CELEBA_ATTRIBUTE_NAMES
+from helper_latent import AttributeMeans, latent_statistics
+from helper_probe import attribute_probe
+from helper_quality import checkerboard_score
+from helper_train import EpochImages
+
+
+def _log(valid: list[float], batches: int = 4, first: float = 5000.0) -> dict[str, list[float]]:
+    return {"train_combined_loss_per_batch": [first] + [valid[-1]] * (batches * len(valid) - 1),
+            "train_combined_loss_per_epoch": [v + 50 for v in valid],
+            "valid_combined_loss_per_epoch": valid, "epoch": list(range(1, len(valid) + 1))}
+
+
+def _text(markdown: object) -> str:
+    return markdown.data
+
+
+def test_a_still_falling_loss_says_so_and_a_flat_one_says_levelled_off() -> None:
+    falling = hf.training_facts(_log([1000.0, 900.0]), train_images=8000, minutes=11.0)
+    assert falling["last_change"] == pytest.approx(0.1)
+    text = _text(hf.training_findings(falling, "transpose"))
+    assert "still falling" in text and "-10.0%" in text and "levelled off" not in text
+    flat = _text(hf.training_findings(hf.training_facts(_log([1000.0, 999.0]), 8000, 11.0), "transpose"))
+    assert "levelled off" in flat and "still falling" not in flat
+    rose = _text(hf.training_findings(hf.training_facts(_log([900.0, 1000.0]), 8000, 11.0), "transpose"))
+    assert "rose" in rose
+    single = _text(hf.training_findings(hf.training_facts(_log([900.0]), 8000, 11.0), "transpose"))
+    assert "too short to tell" in single
+
+
+def test_training_findings_state_this_runs_numbers_beside_the_lectures() -> None:
+    facts = hf.training_facts(_log([700.0, 650.0], first=4321.0), train_images=8000, minutes=11.04)
+    assert facts["image_steps"] == 16_000 and facts["first_minibatch_loss"] == 4321.0
+    transpose = _text(hf.training_findings(facts, "transpose"))
+    assert "4,321.0" in transpose and "5,556.7" in transpose and "82.0 min" in transpose
+    assert "the training cell ran 11.0 min" in transpose
+    assert "16,000 of 8,138,500" in transpose
+    assert "training loss 700.0, validation loss 650.0" in transpose and "above" in transpose
+    nearest = _text(hf.training_findings(facts, "nearest"))
+    assert "4,594.0" in nearest and "90.7 min" in nearest and "5,556.7" not in nearest
+    assert "not comparable" in _text(hf.training_findings(facts, "transpose", reconstruction_term_weight=10))
+    assert "do not compare" in _text(hf.training_findings(facts, "transpose", dataset="synthetic"))
+
+
+def test_lecture_share_of_the_laptop_recipe_is_about_one_percent() -> None:
+    assert hf.lecture_share(8000 * 10).startswith("about 0.98% of the lecture's image-steps (80,000 of 8,138,500")
+    assert hf.lecture_share(hf.LECTURE_IMAGE_STEPS).startswith("about 100%")
+
+
+def test_progress_findings_read_part_1s_record_or_say_it_is_missing() -> None:
+    metrics = {"training": {"transpose": {"epochs": 10, "train_images": 8000, "image_steps": 80_000}}}
+    assert "10 epoch(s) on 8,000 images: about 0.98%" in _text(hf.progress_findings(metrics, "transpose"))
+    assert "no training record" in _text(hf.progress_findings(metrics, "nearest"))
+
+
+def _checkerboard(images: torch.Tensor, strength: float) -> torch.Tensor:
+    pattern = torch.ones(images.shape[-2:])
+    pattern[::2, ::2] = -1
+    return (images + strength * pattern).clamp(0, 1)
+
+
+class _Painter(torch.nn.Module):
+    """A stand-in model whose reconstructions and samples carry a stride-2 pattern of a chosen strength."""
+
+    def __init__(self, strength: float) -> None:
+        super().__init__()
+        self.strength = strength
+        self.faces = torch.rand(1, 3, 32, 32).repeat_interleave(4, -1).repeat_interleave(4, -2) * 0.5 + 0.25
+
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        return _checkerboard(images, self.strength)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return _checkerboard(self.faces.expand(len(z), -1, -1, -1), self.strength)
+
+
+def test_checkerboard_over_training_reads_the_epoch_pictures_back(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    faces = torch.rand(4, 3, 32, 32).repeat_interleave(4, -1).repeat_interleave(4, -2) * 0.5 + 0.25
+    pictures = EpochImages(faces, torch.randn(4, 8), tmp_path / "epochs")
+    for epoch, strength in ((1, 0.1), (2, 0.0), (3, 0.0)):
+        pictures.save(_Painter(strength), torch.device("cpu"), epoch)
+    originals, reconstructions, _ = hf.epoch_image_rows(tmp_path / "epochs" / "epoch_001.png")
+    assert originals.shape == (4, 3, 128, 128) and (originals - faces).abs().max() < 1 / 255
+    assert checkerboard_score(reconstructions) > 10 * checkerboard_score(originals)
+    scores = hf.checkerboard_over_training(tmp_path / "epochs", num_epochs=2)
+    assert [s["epoch"] for s in scores] == [1, 2]
+    assert scores[0]["reconstructions"] > 5 * scores[1]["reconstructions"]
+    assert scores[0]["samples"] > 5 * scores[1]["samples"]
+    with pytest.raises(FileNotFoundError, match="part 1 writes them"):
+        hf.checkerboard_over_training(tmp_path / "nothing")
+
+
+def test_checkerboard_findings_above_and_below_the_threshold() -> None:
+    measured = {"real_checkerboard_score": 1.05, "reconstruction_checkerboard_score": 8.1,
+                "sample_checkerboard_score": 1.2}
+    over = [{"epoch": 1, "reconstructions": 20.0, "samples": 9.0}, {"epoch": 10, "reconstructions": 8.1,
+                                                                     "samples": 1.2}]
+    text = _text(hf.checkerboard_findings(measured, "transpose", over, image_steps=80_000))
+    assert "Reconstructions: 8.10, 7.7x the real faces': **a checkerboard**" in text
+    assert "Samples: 1.20, within 1.5x of the real faces': no checkerboard" in text
+    assert "20.00 after epoch 1, 8.10 after epoch 10" in text
+    assert "102 times as much training" in text and "saw no checkerboard" in text
+    clean = _text(hf.checkerboard_findings({**measured, "reconstruction_checkerboard_score": 1.1}, "nearest"))
+    assert "agrees with the lecture" in clean and "**a checkerboard**" not in clean
+
+
+def test_latent_findings_count_the_active_units_and_their_kl() -> None:
+    torch.manual_seed(0)
+    z_mean = torch.randn(500, 6)
+    z_mean[:, 4:] = 0.0
+    z_log_var = torch.full((500, 6), -1.0)
+    z_log_var[:, 4:] = 0.0
+    facts = hf.latent_facts(latent_statistics(z_mean, z_log_var), 500)
+    assert facts["active_units"] == 4 and facts["inactive"] == [4, 5]
+    assert facts["inactive_kl"] == pytest.approx(0.0, abs=1e-6)
+    text = _text(hf.latent_findings(facts))
+    assert "4 of 6 dimensions are active over 500" in text and "z[4, 5]" in text
+    every = hf.latent_facts(latent_statistics(torch.randn(500, 3), torch.zeros(500, 3)), 500)
+    assert "No dimension has collapsed" in _text(hf.latent_findings(every))
+
+
+def _means(with_rows: torch.Tensor, without_rows: torch.Tensor) -> AttributeMeans:
+    counts = torch.full((len(CELEBA_ATTRIBUTE_NAMES),), 10.0)
+    return AttributeMeans(with_rows, without_rows, counts, counts)
+
+
+def test_average_faces_and_entanglement_come_from_the_run() -> None:
+    n = len(CELEBA_ATTRIBUTE_NAMES)
+    images = torch.full((n, 3, 8, 8), 0.5)
+    changed = images.clone()
+    changed[CELEBA_ATTRIBUTE_NAMES.index("Eyeglasses")] += 0.2
+    text = _text(hf.average_faces_findings(_means(changed, images), ["Smiling", "Eyeglasses"]))
+    assert "Smiling: 0.000 (nearly identical)" in text and "Eyeglasses: 0.200 (visibly different)" in text
+    torch.manual_seed(0)
+    codes = torch.randn(n, 16)
+    glasses, male = CELEBA_ATTRIBUTE_NAMES.index("Eyeglasses"), CELEBA_ATTRIBUTE_NAMES.index("Male")
+    codes[male] = -codes[glasses] + 0.01 * torch.randn(16)
+    text = _text(hf.entanglement_findings(_means(codes, torch.zeros(n, 16)), "Eyeglasses"))
+    assert "same way as Male (cosine -1.00" in text and "remove some Male" in text
+
+
+def test_code_lengths_and_strongest_dimensions() -> None:
+    z_mean = torch.zeros(100, 200)
+    z_mean[:, 7] = torch.linspace(-3, 3, 100)
+    z_mean[:, 3] = torch.linspace(-1, 1, 100)
+    std = z_mean.std(dim=0)
+    assert f"z[7] ({std[7]:.2f}), z[3] ({std[3]:.2f})." in _text(hf.strongest_dimensions_findings(z_mean, 2))
+    text = _text(hf.code_length_findings(torch.full((10, 200), 0.5)))
+    assert "length 7.1 on average" in text and "sqrt(200) = 14.1" in text
+
+
+def test_probe_weighs_a_rare_attribute_as_its_balanced_accuracy_scores_it() -> None:
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(4000, 4))
+    score = z[:, 0] + rng.normal(size=4000)
+    labels = np.zeros((4000, len(CELEBA_ATTRIBUTE_NAMES)), dtype=np.int64)
+    labels[:, 0] = score > np.quantile(score, 0.95)
+    labels[:, 1] = rng.random(4000) < 0.5
+    rare = attribute_probe(z[:2000], labels[:2000], z[2000:], labels[2000:])[0]
+    assert rare["positive_rate"] < 0.1
+    assert rare["balanced_accuracy"] > 0.7, "an unweighted fit answers 'no' almost always (about 0.56)"

@@ -1,0 +1,141 @@
+"""A newcomer's first run, through the real command line on a tiny synthetic set: a terminal they can read, and
+one model's results in the output folder even after notebook 1 is run again by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+from celeba_vae.checkpoint import checkpoint_run_id
+from celeba_vae.paths import run_files
+
+REPO = Path(__file__).resolve().parent.parent
+TRAINED_SECTIONS = ("runs", "spectra", "latent", "probe")  # what notebooks 1-3 measure on the weights
+
+
+@dataclass(frozen=True)
+class FirstRun:
+    returncode: int
+    terminal: str
+    temp_dir: Path
+    data_dir: Path
+    output_dir: Path
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> FirstRun:
+    """``python run_lecture.py`` once, without CelebA, 1 epoch, with a private temporary folder."""
+    root = tmp_path_factory.mktemp("first-run")
+    temp_dir, data_dir, output_dir = root / "tmp", root / "data", root / "outputs"
+    temp_dir.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(REPO / "run_lecture.py"), "--epochs", "1", "--num-synthetic", "100", "--device", "cpu",
+         "--num-latent-images", "40", "--output-dir", str(output_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(temp_dir), "CELEBA_VAE_DATA": str(data_dir)},
+    )
+    return FirstRun(done.returncode, done.stdout + done.stderr, temp_dir, data_dir, output_dir)
+
+
+def test_the_run_succeeds(first_run: FirstRun) -> None:
+    assert first_run.returncode == 0, first_run.terminal
+
+
+def test_the_banner_is_printed_once_before_the_first_notebook(first_run: FirstRun) -> None:
+    terminal = first_run.terminal
+    assert terminal.count("CelebA was NOT found") == 1, terminal
+    assert terminal.index("CelebA was NOT found") < terminal.index("[1/4] 1_train_vae.ipynb"), terminal
+
+
+def test_one_line_per_notebook_and_per_epoch_and_no_notebook_source(first_run: FirstRun) -> None:
+    lines = first_run.terminal.splitlines()
+    banner = [i for i, line in enumerate(lines) if set(line) == {"="}]
+    after_banner = lines[banner[-1] + 1:]
+    assert [line.split()[0] for line in after_banner if line.startswith("[")] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    assert sum("Epoch: 001/001" in line for line in after_banner) == 1, first_run.terminal
+    assert len(after_banner) <= 4 + 1 + 4, first_run.terminal  # recipe, where outputs are, notebooks, epoch, done
+    assert not any(line.lstrip().startswith(("def ", '"""', "return ")) for line in lines), first_run.terminal
+
+
+def test_what_is_announced_is_what_runs(first_run: FirstRun) -> None:
+    terminal = first_run.terminal
+    assert "1 epoch," in terminal and not re.search(r"\b\d+ epochs\b", terminal), terminal
+    assert "laptop" not in terminal and "Recipe: demo" in terminal, terminal
+
+
+def test_no_error_from_a_kernel_the_runner_shut_down(first_run: FirstRun) -> None:
+    assert "ERROR" not in first_run.terminal and "KeyboardInterrupt" not in first_run.terminal, first_run.terminal
+
+
+def test_nothing_is_left_in_the_temporary_folder(first_run: FirstRun) -> None:
+    assert not list(first_run.temp_dir.glob("celeba-vae-kernel-*"))
+
+
+def test_notebook_1_again_replaces_the_model_and_keeps_what_it_replaces(first_run: FirstRun) -> None:
+    assert first_run.returncode == 0, first_run.terminal
+    files = run_files(first_run.output_dir, "transpose")
+    old_run = checkpoint_run_id(files.checkpoint)
+    before = json.loads(files.metrics.read_text())
+    assert old_run is not None and all("transpose" in before[section] for section in TRAINED_SECTIONS)
+    pm.execute_notebook(
+        REPO / "notebooks" / "1_train_vae.ipynb", first_run.output_dir / "again.ipynb", cwd=str(REPO / "notebooks"),
+        kernel_name="python3", progress_bar=False,
+        parameters={"data_root": str(first_run.data_dir), "output_dir": str(first_run.output_dir), "num_epochs": 1,
+                    "num_synthetic": 100, "device": "cpu"},
+    )
+    new_run = checkpoint_run_id(files.checkpoint)
+    after = json.loads(files.metrics.read_text())
+    assert new_run not in (None, old_run)
+    assert after["run_ids"]["runs"]["transpose"] == new_run
+    for section in TRAINED_SECTIONS[1:]:
+        assert "transpose" not in after.get(section, {}) or after["run_ids"][section]["transpose"] == new_run
+    assert json.loads(files.metrics.with_name("metrics.json.bak").read_text()) == before
+    assert checkpoint_run_id(files.checkpoint.with_name("checkpoint.pt.bak")) == old_run
+    assert files.weights.with_name("vae_celeba_02.pt.bak").is_file()
+
+
+def test_a_notebooks_output_reaches_the_terminal_as_epoch_and_run_lines_only() -> None:
+    import io
+
+    import run_lecture
+
+    terminal = io.StringIO()
+    stream = run_lecture.EpochLines(terminal)
+    for chunk in ("Recipe: demo\n***Epo", "ch: 001/002 | Train loss: 1.0\nEpoch: 001/002 | Batch 0000/0004\n",
+                  "def vae_loss(\n[2/9] latent_dim=16: training\n", "***Epoch: 002/002 | Train loss: 0.5\n"):
+        stream.write(chunk)
+    assert terminal.getvalue().splitlines() == ["    Epoch: 001/002 | Train loss: 1.0",
+                                                "    [2/9] latent_dim=16: training",
+                                                "    Epoch: 002/002 | Train loss: 0.5"]
+
+
+def test_the_runner_does_not_interrupt_a_kernel_it_shuts_down(tmp_path: Path) -> None:
+    """jupyter_client interrupts before shutting down; an idle kernel then logs a KeyboardInterrupt ERROR."""
+    import asyncio
+    import signal
+
+    import run_lecture
+
+    async def signals_sent_on_shutdown() -> list[int]:
+        manager = run_lecture.kernel_manager(tmp_path)(kernel_name="python3")
+        await manager.start_kernel()
+        sent: list[int] = []
+        send = manager._async_signal_kernel
+
+        async def spy(signum: int) -> None:
+            sent.append(signum)
+            await send(signum)
+
+        manager._async_signal_kernel = spy
+        await manager.shutdown_kernel()
+        return sent
+
+    assert signal.SIGINT not in asyncio.run(signals_sent_on_shutdown())
