@@ -97,10 +97,10 @@ def training_findings(
     lines.append(_trend(facts))
     if facts["last_valid_loss"] is not None:
         above = facts["last_train_loss"] > facts["last_valid_loss"]
+        reading = " (explained below)" if above else "; a gap that widens over more epochs would mean overfitting"
         lines.append(f"Last epoch: training loss {facts['last_train_loss']:,.1f}, validation loss "
                      f"{facts['last_valid_loss']:,.1f}: the training loss is "
-                     f"{'above' if above else 'below'} the validation loss"
-                     f"{' (explained below)' if above else ', the sign of a model that starts to overfit'}.")
+                     f"{'above' if above else 'below'} the validation loss{reading}.")
     return Markdown("\n\n".join(lines))
 
 
@@ -223,8 +223,9 @@ def entanglement_findings(latent_means: AttributeMeans, attribute: str) -> Markd
     """The example of entanglement, taken from this run's own table: the direction most aligned with ``attribute``."""
     (other, cosine), *_ = latent_means.aligned_attributes(attribute, k=1)
     with_other = float(latent_means.count_with[attribute_index(other)])
-    return Markdown(f"**In this run** the {attribute} direction points most the same way as {other} "
-                    f"(cosine {cosine:+.2f}; {with_other:,.0f} of the averaged faces have {other}): moving a face "
+    way = "the same way as" if cosine > 0 else "the opposite way to"
+    return Markdown(f"**In this run** the {attribute} direction is most aligned with {other}'s: it points {way} "
+                    f"it (cosine {cosine:+.2f}; {with_other:,.0f} of the averaged faces have {other}). Moving a face "
                     f"along {attribute} is likely to {'add' if cosine > 0 else 'remove'} some {other} too.")
 
 

@@ -281,8 +281,9 @@ def run(args: argparse.Namespace) -> int:
              "data_on_gpu": {"yes": True, "no": False}.get(args.data_on_gpu, "auto"), "precision": args.precision,
              "compile": args.compile, "resume": args.resume}
     steps = [(TRAIN, decoder, train) for decoder in decoders]
+    latent_images = args.num_latent_images or (min(args.train_images, 10_000) if args.train_images else None)
     for decoder in decoders:
-        steps += [(SAMPLE, decoder, {}), (LATENT, decoder, {"num_images": args.num_latent_images}),
+        steps += [(SAMPLE, decoder, {}), (LATENT, decoder, {"num_images": latent_images}),
                   (ARITHMETIC, decoder, {"interactive": False})]
     if args.knobs is not None:
         sweep = {"knobs": args.knobs or list(KNOB_NAMES), "num_epochs": args.epochs, "batch_size": args.batch_size,

@@ -52,7 +52,8 @@ def write_as_hub(root: Path, target: Path) -> Path:
             images = []
             for i in part:
                 buffer = io.BytesIO()
-                Image.open(index.source.image_dir / index.filenames[i]).save(buffer, format="PNG")
+                with Image.open(index.source.image_dir / index.filenames[i]) as image:
+                    image.save(buffer, format="PNG")
                 images.append({"bytes": buffer.getvalue(), "path": index.filenames[i]})
             columns = {"image": pa.array(images, type=image_type)}
             for a, name in enumerate(CELEBA_ATTRIBUTE_NAMES):

@@ -44,10 +44,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        claim, tmp_name = _new_temporary(path)
     except OSError as err:
         raise OSError(f"cannot write {path}: {err.strerror or err}; choose a writable output folder") from err
-    claim = _claim(fd)
     try:
         try:
             os.chmod(tmp_name, _file_mode())
@@ -70,6 +69,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         _release(claim)
 
 
+def _new_temporary(path: Path) -> tuple[list[int], str]:
+    """A new claimed temporary file beside ``path`` (see :func:`_claim`) and its name."""
+    while True:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        claim = _claim(fd)
+        if fcntl is None or os.fstat(fd).st_nlink:  # another process's sweep may remove it before the lock is held
+            return claim, tmp_name
+        _release(claim)
+
+
 def _claim(fd: int) -> list[int]:
     """Mark the new temporary file ``fd`` as being written, for :func:`remove_stale_temporaries` in other processes.
 
@@ -82,7 +91,7 @@ def _claim(fd: int) -> list[int]:
         os.close(fd)
         return []
     with contextlib.suppress(OSError):  # a filesystem without locks: other processes then leave the file alone
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while another process's sweep looks at this new file
     return [fd]
 
 

@@ -125,13 +125,10 @@ def _free_data_path(data_path: Path, key: str) -> Path:
 
 def _check_room(data_path: Path, shape: tuple[int, ...]) -> None:
     """Remove what killed builds of ``data_path`` left, then stop (``OSError``) before anything is written when its
-    disk has no room for the cache (an old cache there counts as room: it is replaced)."""
+    disk has no room for the cache. An old cache there does not count as room: a loader may still map it, and then
+    its blocks stay in use until that loader is gone."""
     remove_stale_temporaries(data_path)
-    try:
-        replaced = data_path.stat().st_size
-    except OSError:
-        replaced = 0
-    check_free_space(data_path.parent, int(np.prod(shape)) + SPARE_BYTES - replaced,
+    check_free_space(data_path.parent, int(np.prod(shape)) + SPARE_BYTES,
                      f"the decoded cache {data_path.name} (and {SPARE_BYTES >> 20} MiB to spare)", ELSEWHERE)
 
 

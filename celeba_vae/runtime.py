@@ -208,7 +208,7 @@ def cuda_usable() -> bool:
     reason = unsupported_gpu()
     if reason is not None and reason not in _said:
         print(f"{reason[:-1]}; until then training runs on the CPU, where recipe='auto' picks the laptop recipe "
-              "(the demo on synthetic faces).")
+              "with CelebA, or the demo recipe on synthetic faces.")
         _said.add(reason)
     return torch.cuda.is_available() and reason is None
 
@@ -336,9 +336,9 @@ def report_device(train_step: TrainStep | None = None) -> None:
         print("No CUDA GPU: training runs on the Apple GPU (MPS)")
         return
     if not gpus:
-        print("No GPU: training runs on the CPU, where recipe='auto' picks the laptop recipe with CelebA (the demo "
-              "on synthetic faces). For the lecture's settings use a GPU: in Colab Runtime > Change runtime type > T4 "
-              "GPU, on Kaggle Settings > Accelerator > GPU T4 x2; then run the notebook from the top.")
+        print("No GPU: training runs on the CPU, where recipe='auto' picks the laptop recipe with CelebA, or the "
+              "demo recipe on synthetic faces. For the lecture's settings use a GPU: in Colab Runtime > Change "
+              "runtime type > T4 GPU, on Kaggle Settings > Accelerator > GPU T4 x2; then run the notebook from the top")
         return
     lecture = RECIPES["lecture"]
     device = torch.device("cuda", torch.cuda.current_device())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import os
 import shutil
 import sys
 import tempfile
@@ -161,14 +162,17 @@ def train_path(train_step: TrainStep, path: TrainPath, split: DecodedSplit, devi
 def deterministic() -> Iterator[None]:
     """Deterministic algorithms inside the block (as ``helper_utils.set_deterministic`` asks), restored afterwards."""
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark)
+             torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
     torch.backends.cudnn.benchmark = False
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, as set_deterministic asks
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.benchmark = saved[2]
+        if saved[3] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 def resume_mismatch(train_step: TrainStep, split: DecodedSplit, device: torch.device, batch_size: int, epochs: int,

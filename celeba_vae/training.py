@@ -97,7 +97,7 @@ def _keep_previous_run(checkpoint: Path | None, weights: Path | None, epoch_imag
     if frames:
         kept.append(epoch_images.with_name(epoch_images.name + ".bak"))
         shutil.rmtree(kept[-1], ignore_errors=True)
-        kept[-1].mkdir()
+        kept[-1].mkdir(exist_ok=True)
         for frame in frames:
             os.replace(frame, kept[-1] / frame.name)
     return kept
@@ -191,7 +191,7 @@ class EpochLog:
         self.pending: list[torch.Tensor] = []
         self.epoch_start = len(self.log["train_combined_loss_per_batch"])
         self.print_every = -(-num_epochs // 20)
-        self.bar = tqdm(total=(num_epochs - run.start_epoch) * num_batches, disable=not progress, leave=False)
+        self.bar = tqdm(total=max(0, num_epochs - run.start_epoch) * num_batches, disable=not progress, leave=False)
         self.start_time = time.time()
 
     def log_batch(self, epoch: int, batch_idx: int, *losses: torch.Tensor) -> None:
@@ -212,6 +212,7 @@ class EpochLog:
         values = torch.stack(self.pending).cpu()
         self.pending.clear()
         if not torch.isfinite(values).all():
+            self.bar.close()
             path = self.run.checkpoint_path
             where = f"{path} (epoch {epoch})" if path else "none (no checkpoint_path was given)"
             raise FloatingPointError(
@@ -225,6 +226,8 @@ class EpochLog:
 
     def end_epoch(self, epoch: int, valid: dict[str, float] | None = None) -> None:
         """Record the epoch's average training losses and ``valid`` losses; print its line when it is due."""
+        if self.pending:  # a loader that yielded fewer batches than its len()
+            self.bar.update(len(self._read_back(epoch, -1)))
         for key in LOSS_KEYS:
             values = self.log[f"train_{key}_loss_per_batch"][self.epoch_start:]
             self.log[f"train_{key}_loss_per_epoch"].append(sum(values) / max(len(values), 1))

@@ -69,6 +69,7 @@ def _without_project_env(origin: Path, stand_in: Path) -> dict[str, str]:
     ``-S`` (no ``site``, so the editable install's ``.pth`` finder never loads) and site-packages on PYTHONPATH.
     ``$CELEBA_VAE_REPO`` is ``origin``, pinned at its first commit."""
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", OUTPUTS_ENV)}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the same lines on a machine with a GPU: the tests expect the CPU's
     env["PYTHONPATH"] = os.pathsep.join([str(stand_in), sysconfig.get_paths()["purelib"]])
     env[runtime.REPO_ENV] = str(origin)
     env[runtime.REF_ENV] = _commit(origin, "HEAD~1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -163,3 +164,26 @@ def test_one_progress_bar_per_run_and_one_line_per_epoch(monkeypatch: pytest.Mon
     printed = capsys.readouterr().out.splitlines()
     assert [line[:13] for line in printed if line.startswith("***Epoch")] == [f"***Epoch: 00{k}" for k in (1, 2, 3)]
     assert len(printed) == 1 + 3 + 1  # the precision, one line per epoch, the total time
+
+
+class _ShortLoader:
+    """A loader that yields fewer batches than its ``len()`` says (an iterable dataset's length is a guess)."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]], claimed: int) -> None:
+        self.batches, self.claimed = batches, claimed
+
+    def __len__(self) -> int:
+        return self.claimed
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.batches)
+
+
+def test_an_epoch_shorter_than_its_loaders_len_still_logs_every_batch() -> None:
+    set_all_seeds(0)
+    model = VAE(latent_dim=8)
+    log = train_vae_v1(1, model, torch.optim.Adam(model.parameters()), "cpu", _ShortLoader(_batches(2), claimed=5),
+                       logging_interval=100, progress=False)
+    per_batch = log["train_combined_loss_per_batch"]
+    assert len(per_batch) == 2
+    assert log["train_combined_loss_per_epoch"] == [pytest.approx(sum(per_batch) / 2)]
