@@ -29,10 +29,10 @@ from IPython.display import Markdown
 from matplotlib.figure import Figure
 
 from celeba_vae.atomic_files import atomic_write
-from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES
 from celeba_vae.paths import RunFiles, run_files
 from celeba_vae.recipes import Recipe
 from helper_data import first_images
+from helper_findings import lecture_share
 from helper_latent import encode_dataset, latent_statistics
 from helper_plotting import plot_image_grid, save_figure
 from helper_probe import attribute_probe
@@ -380,10 +380,9 @@ def knob_findings(results: Sequence[Mapping[str, Any]], train_images: int) -> Ma
     base = _run(results, "latent_dim", BASELINE.latent_dim)
     if base is None:
         return Markdown("The run with the lecture's settings is missing or diverged: nothing to compare with.")
-    epochs, lecture_steps = base["epochs"], 50 * OFFICIAL_SPLIT_SIZES["train"]
-    share = epochs * train_images / lecture_steps
-    lines = [(f"Every run: {epochs} epoch(s) over {train_images:,} images ({share:.2%} of the lecture's "
-              f"{lecture_steps:,} image-steps), one seed: differences of a few percent may be noise.")]
+    epochs = base["epochs"]
+    lines = [(f"Every run: {epochs} epoch(s) over {train_images:,} images, {lecture_share(epochs * train_images)}; "
+              "one seed: differences of a few percent may be noise.")]
     small = _run(results, "latent_dim", min(KNOB_VALUES["latent_dim"]))
     if small is not None and small is not base:
         lines.append(f"**Latent size**: with {small['latent_dim']} dimensions the reconstruction error is "

@@ -183,7 +183,7 @@ def test_the_findings_state_the_runs_numbers_and_follow_them() -> None:
                fake_run(replace(BASELINE, learning_rate=1e-4), test_loss=2000.0),
                {**fake_run(replace(BASELINE, learning_rate=2e-3)), "diverged": "loss became nan at epoch 1"}]
     text = knob_findings(results, 2400).data
-    assert "2 epoch(s) over 2,400 images (0.06% of the lecture's 8,138,500 image-steps)" in text
+    assert "2 epoch(s) over 2,400 images, about 0.059% of the lecture's image-steps (4,800 of 8,138,500" in text
     assert "2.2 times the 200-dimensional model's (2000 vs 900), PSNR 14.0 vs 18.0 dB, probe 0.50 vs 0.60" in text
     assert "weight** 0.1 / 1 / 10: reconstruction 1100 / 900 / 800 (falls), KL 50 / 100 / 200 (rises)" in text
     assert "Fréchet distance rises with the weight (40.0 / 50.0 / 60.0): 300 samples, one seed" in text
