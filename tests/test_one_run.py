@@ -126,7 +126,7 @@ def test_the_runner_does_not_interrupt_a_kernel_it_shuts_down(tmp_path: Path) ->
 
     import run_lecture
 
-    async def signals_sent_on_shutdown() -> list[int]:
+    async def signals_sent() -> tuple[list[int], list[int]]:
         manager = run_lecture.kernel_manager(tmp_path)(kernel_name="python3")
         await manager.start_kernel()
         sent: list[int] = []
@@ -137,7 +137,12 @@ def test_the_runner_does_not_interrupt_a_kernel_it_shuts_down(tmp_path: Path) ->
             await send(signum)
 
         manager._async_signal_kernel = spy
+        await manager.interrupt_kernel()  # the spy sees an interrupt that is asked for
+        on_interrupt = list(sent)
+        sent.clear()
         await manager.shutdown_kernel()
-        return sent
+        return on_interrupt, sent
 
-    assert signal.SIGINT not in asyncio.run(signals_sent_on_shutdown())
+    on_interrupt, on_shutdown = asyncio.run(signals_sent())
+    assert on_interrupt == [signal.SIGINT]
+    assert signal.SIGINT not in on_shutdown
