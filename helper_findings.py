@@ -13,13 +13,12 @@ from typing import Any
 
 import torch
 from IPython.display import Markdown
-from PIL import Image
-from torchvision.transforms.functional import pil_to_tensor
 
 from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES
 from helper_data import attribute_index
 from helper_latent import AttributeMeans
 from helper_quality import checkerboard_score
+from helper_train import EpochImages
 
 LECTURE_EPOCHS = 50
 LECTURE_IMAGE_STEPS = LECTURE_EPOCHS * OFFICIAL_SPLIT_SIZES["train"]
@@ -115,33 +114,13 @@ def progress_findings(metrics: Mapping[str, Any], decoder: str) -> Markdown:
                     "50 epochs; read what you see here as a model at that point of training.")
 
 
-def epoch_image_rows(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The originals, reconstructions and decoded noise of one ``epoch_*.png`` of :class:`helper_train.EpochImages`
-    (three rows of square faces in a ``make_grid`` with 2 pixels of padding), each (N, 3, H, W) in [0, 1]."""
-    with Image.open(path) as picture:
-        grid = pil_to_tensor(picture.convert("RGB")).float() / 255
-    size = (grid.shape[1] - 2) // 3 - 2
-    count = (grid.shape[2] - 2) // (size + 2)
-    if size < 4 or 3 * (size + 2) + 2 != grid.shape[1] or count * (size + 2) + 2 != grid.shape[2]:
-        raise ValueError(f"{path} is not a grid of three rows of square faces written by helper_train.EpochImages")
-    rows = []
-    for row in range(3):
-        top = 2 + row * (size + 2)
-        rows.append(torch.stack([grid[:, top:top + size, 2 + c * (size + 2):2 + c * (size + 2) + size]
-                                 for c in range(count)]))
-    return rows[0], rows[1], rows[2]
-
-
 def checkerboard_over_training(folder: str | Path, num_epochs: int | None = None) -> list[dict[str, float]]:
     """Checkerboard scores of the fixed faces' reconstructions and decoded noise after each epoch, read back from
     the ``epoch_*.png`` part 1 kept (the first ``num_epochs``): ``[{"epoch", "reconstructions", "samples"}]``."""
-    files = sorted(Path(folder).glob("epoch_*.png"))[:num_epochs]
-    if not files:
-        raise FileNotFoundError(f"no epoch_*.png in {folder}: part 1 writes them while it trains")
     scores = []
-    for file in files:
-        _, reconstructions, samples = epoch_image_rows(file)
-        scores.append({"epoch": int(file.stem.split("_")[1]), "reconstructions": checkerboard_score(reconstructions),
+    for epoch, file in EpochImages.saved(folder, num_epochs):
+        _, reconstructions, samples = EpochImages.read(file)
+        scores.append({"epoch": epoch, "reconstructions": checkerboard_score(reconstructions),
                        "samples": checkerboard_score(samples)})
     return scores
 

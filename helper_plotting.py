@@ -19,9 +19,11 @@ import torch
 from matplotlib.backends import BackendFilter, backend_registry
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
+from torchvision.utils import make_grid
 
 from celeba_vae.atomic_files import atomic_write
 from celeba_vae.celeba_files import attribute_index
+from helper_train import EpochImages
 from helper_utils import eval_mode
 
 Unnormalizer = Callable[[torch.Tensor], torch.Tensor] | None
@@ -340,10 +342,8 @@ def save_epoch_gif(
     shrinking); with many epochs, evenly spaced ones (always the first and the last) are kept so that the file
     stays under ``max_bytes`` and an executed notebook that shows it stays small.
     """
-    files = sorted(Path(folder).glob("epoch_*.png"))[:num_epochs]
-    if not files:
-        raise FileNotFoundError(f"no epoch_*.png in {folder}; train with epoch_images=EpochImages(...) first")
-    frames = [_stamped_frame(file, len(files), faces) for file in files]
+    saved = EpochImages.saved(folder, num_epochs)
+    frames = [_stamped_frame(file, epoch, len(saved), faces) for epoch, file in saved]
     keep = len(frames)
     while True:
         chosen = [frames[round(i * (len(frames) - 1) / max(keep - 1, 1))] for i in range(keep)]
@@ -355,15 +355,12 @@ def save_epoch_gif(
     return atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
-def _stamped_frame(file: Path, num_epochs: int, faces: int) -> Image.Image:
-    """One epoch's grid (three rows of square faces, 2 pixels of padding) cut to ``faces`` columns, with a strip
-    on top that says which epoch it shows."""
-    with Image.open(file) as picture:
-        grid = picture.convert("RGB")
-    size = (grid.height - 2) // 3 - 2
-    width = min(grid.width, 2 + faces * (size + 2))
-    frame = Image.new("RGB", (width, grid.height + 22), "white")
-    frame.paste(grid.crop((0, 0, width, grid.height)), (0, 22))
-    ImageDraw.Draw(frame).text((4, 4), f"epoch {int(file.stem.split('_')[1])} of {num_epochs}", fill="black",
-                               font_size=14)
+def _stamped_frame(file: Path, epoch: int, num_epochs: int, faces: int) -> Image.Image:
+    """One epoch's picture cut to its first ``faces`` columns, with a strip on top that says which epoch it shows."""
+    rows = [row[:faces] for row in EpochImages.read(file)]
+    grid = make_grid(torch.cat(rows), nrow=len(rows[0]), pad_value=1.0)
+    picture = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
+    frame = Image.new("RGB", (picture.width, picture.height + 22), "white")
+    frame.paste(picture, (0, 22))
+    ImageDraw.Draw(frame).text((4, 4), f"epoch {epoch} of {num_epochs}", fill="black", font_size=14)
     return frame

@@ -38,10 +38,6 @@ class NotebookSetup:
         return run_files(self.output_dir, decoder or self.decoder)
 
     @property
-    def run_dir(self) -> Path:
-        return self.files().run_dir
-
-    @property
     def checkpoint(self) -> Path:
         return self.files().checkpoint
 

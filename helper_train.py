@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid
 
 from celeba_vae.atomic_files import atomic_write
@@ -125,6 +126,30 @@ class EpochImages:
         grid = make_grid(torch.cat([images, reconstructions, samples]).clamp(0, 1), nrow=len(images), pad_value=1.0)
         picture = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
         return atomic_write(Path(self.folder) / f"epoch_{epoch:03d}.png", lambda f: picture.save(f, format="PNG"))
+
+    @staticmethod
+    def saved(folder: str | Path, num_epochs: int | None = None) -> list[tuple[int, Path]]:
+        """``(epoch, path)`` of the pictures :meth:`save` wrote to ``folder``, in epoch order (the first
+        ``num_epochs``, so pictures of an earlier, longer run are left out)."""
+        files = sorted(Path(folder).glob("epoch_*.png"))[:num_epochs]
+        if not files:
+            raise FileNotFoundError(f"no epoch_*.png in {folder}; train with epoch_images=EpochImages(...) first")
+        return [(int(file.stem.split("_")[1]), file) for file in files]
+
+    @staticmethod
+    def read(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The originals, reconstructions and decoded noise of one picture :meth:`save` wrote (three rows of square
+        faces, 2 pixels of padding), each (N, 3, H, W) in [0, 1]."""
+        with Image.open(path) as picture:
+            grid = pil_to_tensor(picture.convert("RGB")).float() / 255
+        size = (grid.shape[1] - 2) // 3 - 2
+        count = (grid.shape[2] - 2) // (size + 2)
+        if size < 4 or 3 * (size + 2) + 2 != grid.shape[1] or count * (size + 2) + 2 != grid.shape[2]:
+            raise ValueError(f"{path} is not a grid of three rows of square faces written by EpochImages.save")
+        starts = range(2, count * (size + 2), size + 2)
+        rows = [torch.stack([grid[:, top:top + size, left:left + size] for left in starts])
+                for top in range(2, 3 * (size + 2), size + 2)]
+        return rows[0], rows[1], rows[2]
 
 
 def train_vae_v1(num_epochs: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
