@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from celeba_vae import gpu_budget
+from celeba_vae.atomic_files import GIB
 from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES
-from celeba_vae.gpu_budget import GIB, plan_placement, training_step_bytes
+from celeba_vae.gpu_budget import plan_placement, training_step_bytes
 
 IMAGE_BYTES = 3 * 128 * 128
 SPLIT_BYTES = {name: n * IMAGE_BYTES for name, n in OFFICIAL_SPLIT_SIZES.items()}
@@ -76,9 +77,3 @@ def test_activation_estimate_counts_the_tensors_the_vae_layers_create() -> None:
     with pytest.raises(ValueError, match="precision='fp8'"):
         gpu_budget.activation_bytes_per_image("fp8")
 
-
-def test_table_of_cards() -> None:
-    table = gpu_budget.placement_table().splitlines()
-    assert len(table) == 2 + 4 * 2
-    assert table[2].startswith("| 8 GB | bf16 |") and table[2].endswith("| host | GPU | GPU | host |")
-    assert table[-1].startswith("| 24 GB | fp32 |") and table[-1].endswith("| GPU | GPU | GPU | GPU |")
