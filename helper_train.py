@@ -15,6 +15,7 @@ from torchvision.utils import make_grid
 
 from celeba_vae.atomic_files import atomic_write
 from celeba_vae.checkpoint import save_weights
+from celeba_vae.decoded_cache import CachedLoader
 from celeba_vae.fast_step import FastStep
 from celeba_vae.precision import full_fp32
 from celeba_vae.training import LOSS_KEYS, EpochLog, TrainingRun, choose_step_settings
@@ -82,9 +83,12 @@ def evaluate_vae(
     """Per-image ``combined``/``reconstruction``/``kl`` loss over all of ``data_loader``, in eval mode and full fp32
     (no autocast, no TF32), so validation and test losses are comparable whatever precision training used.
 
-    Batch totals are float32 on the device (MPS has no float64) and are summed in float64 on the CPU.
+    Batch totals are float32 on the device (MPS has no float64) and are summed in float64 on the CPU. A split the
+    fast loader holds on the GPU is evaluated in larger batches (see ``CachedLoader.for_evaluation``).
     """
     device = torch.device(device)
+    if isinstance(data_loader, CachedLoader):
+        data_loader = data_loader.for_evaluation()
     batch_totals: list[torch.Tensor] = []
     count = 0
     with eval_mode(model), full_fp32(device):

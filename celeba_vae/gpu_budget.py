@@ -19,6 +19,7 @@ IMAGE_SHAPE = (3, 128, 128)
 BYTES_PER_VALUE = {"auto": 2, "bf16": 2, "fp16": 2, "tf32": 4, "fp32": 4}
 SAFETY_MARGIN_BYTES = GIB
 DATA_ON_GPU = ("auto", True, False)
+EVALUATION_BATCH_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,18 @@ def training_step_bytes(batch_size: int, precision: str) -> int:
     params = _layer_outputs()[2]
     state = params * (4 + 4 + 8 + (2 if BYTES_PER_VALUE[precision] == 2 else 0))
     return batch_size * activation_bytes_per_image(precision) + state + SAFETY_MARGIN_BYTES
+
+
+def evaluation_batch_size(free_bytes: int | None, batch_size: int, largest: int = EVALUATION_BATCH_SIZE) -> int:
+    """The batch size to evaluate a GPU-resident split at: up to ``largest`` images where half of ``free_bytes``
+    holds their fp32 forward pass without gradients (the float batch, two layer outputs of the largest size, the
+    reconstruction and its squared error: 1.7 MB an image), never fewer than ``batch_size``; ``free_bytes`` None
+    (not CUDA: nothing to measure) allows ``largest``."""
+    _, largest_layer, _ = _layer_outputs()
+    image = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
+    per_image = (2 * largest_layer + 3 * image) * 4
+    room = largest if free_bytes is None else free_bytes // 2 // per_image
+    return max(batch_size, min(largest, room))
 
 
 def _gib(n: int) -> str:
