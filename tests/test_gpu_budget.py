@@ -77,3 +77,11 @@ def test_activation_estimate_counts_the_tensors_the_vae_layers_create() -> None:
     with pytest.raises(ValueError, match="precision='fp8'"):
         gpu_budget.activation_bytes_per_image("fp8")
 
+
+
+def test_evaluation_batches_grow_to_1024_where_half_the_free_memory_holds_them() -> None:
+    per_image = (2 * 32 * 65 * 65 + 3 * IMAGE_BYTES) * 4  # two of the largest layer outputs, batch, output, error
+    assert gpu_budget.evaluation_batch_size(80 * GIB, 256) == 1024
+    assert gpu_budget.evaluation_batch_size(GIB, 256) == (GIB // 2) // per_image == 321
+    assert gpu_budget.evaluation_batch_size(GIB // 4, 256) == 256
+    assert gpu_budget.evaluation_batch_size(None, 16) == 1024
