@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,7 +206,7 @@ def train_vae_v1(num_epochs: int, model: torch.nn.Module, optimizer: torch.optim
 
     step = FastStep(training_step, model, optimizer, scaler, device, cuda_graph, step_settings.model)
 
-    with run.checkpoints_written(), step_settings.precision.training_flags():
+    with run.checkpoints_written(), step_settings.precision.training_flags(), contextlib.closing(step):
         for epoch in range(run.start_epoch, num_epochs):
 
             model.train()

@@ -57,11 +57,12 @@ def capture_step(body: Step, static_input: torch.Tensor) -> Callable[[], torch.T
     """Capture ``body(static_input)`` as a CUDA graph; returns ``replay()``, which runs the graph on what
     ``static_input`` holds then and returns its (3,) loss buffer (overwritten by the next replay)."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.device(static_input.device), torch.cuda.graph(graph):
         static_losses = body(static_input)
 
     def replay() -> torch.Tensor:
-        graph.replay()
+        with torch.cuda.device(static_input.device):
+            graph.replay()
         return static_losses
 
     return replay
@@ -74,8 +75,8 @@ class _TrainingState:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                  device: torch.device) -> None:
         self.model, self.optimizer, self.scaler, self.device = model, optimizer, scaler, device
-        self.weights = [t.detach().clone() for t in self._model_tensors()]
         self.tensors = [t.detach().clone() for t in self._live()]
+        self.weights = self.tensors[:len(self._model_tensors())]
         self.scaler_state = scaler.state_dict() if scaler is not None and scaler.is_enabled() else None
         self.rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
 
@@ -160,6 +161,11 @@ class FastStep:
                 return self._eager(features)
         return self._capture_and_check(features)
 
+    def close(self) -> None:
+        """Free the graph and its memory at the end of training; ``mode``, ``reason`` and ``difference`` stay."""
+        self.replay, self.static_input = None, None
+        self.wanted = False
+
     def _eager(self, features: torch.Tensor) -> torch.Tensor:
         with warnings.catch_warnings():
             # helper_train.adam's fused Adam is capturable; uncaptured it updates exactly as before
@@ -199,7 +205,7 @@ class FastStep:
         except Exception as err:  # noqa: BLE001 - any failure of capture or replay means: train eagerly
             return self._fall_back(before, features, f"capturing it failed ({type(err).__name__}: {err})")
         self.difference = max(losses, updates)
-        if losses > LOSS_TOLERANCE or updates > UPDATE_TOLERANCE:
+        if not (losses <= LOSS_TOLERANCE and updates <= UPDATE_TOLERANCE):  # a NaN difference disagrees too
             return self._fall_back(before, features, (
                 f"its first replay disagreed with an eager step (losses differ by {losses:.2g}, a tensor's update by "
                 f"{updates:.2g}, relative; allowed {LOSS_TOLERANCE:g} and {UPDATE_TOLERANCE:g})"))

@@ -279,5 +279,5 @@ def test_a_split_on_the_gpu_is_evaluated_in_larger_batches_to_the_same_losses(
     assert sizes == [len(decoded)]
     in_twos = evaluate_vae(model, list(loader), "cpu")
     assert sizes[1:] == [len(images) for images, _ in loader]
-    assert larger == pytest.approx(in_twos, rel=1e-5)
+    assert larger == pytest.approx(in_twos, rel=1e-3)  # float32 sums in other groupings
     assert loader.batch_size == 2 and len(loader) == -(-len(decoded) // 2)
