@@ -55,9 +55,12 @@ def graph_unavailable(
 
 def capture_step(body: Step, static_input: torch.Tensor) -> Callable[[], torch.Tensor]:
     """Capture ``body(static_input)`` as a CUDA graph; returns ``replay()``, which runs the graph on what
-    ``static_input`` holds then and returns its (3,) loss buffer (overwritten by the next replay)."""
+    ``static_input`` holds then and returns its (3,) loss buffer (overwritten by the next replay).
+
+    Only this thread is held to the capture's rules ("thread_local"): the checkpoint writer, or the pin-memory
+    thread of a user's DataLoader, may go on meanwhile."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.device(static_input.device), torch.cuda.graph(graph):
+    with torch.cuda.device(static_input.device), torch.cuda.graph(graph, capture_error_mode="thread_local"):
         static_losses = body(static_input)
 
     def replay() -> torch.Tensor:
