@@ -41,7 +41,7 @@ TRAIN, SAMPLE, LATENT, ARITHMETIC = (
 KNOBS = "5_what_the_knobs_do.ipynb"
 # The lines of a notebook the terminal shows: train_vae_v1's summary of an epoch, and notebook 5's line per run.
 SHOWN_LINES = re.compile(r"\*\*\*Epoch: |\[\d+/\d+\] ")
-# The cells that train: notebook 1's call of the lecture's train_vae_v1, notebook 5's sweep.
+# The cells that train, after the setup and import cells: notebook 1's call of train_vae_v1, notebook 5's sweep.
 TRAINING_CELL = re.compile(r"\btrain_vae_v1\(|\.run\(")
 # Jupyter's own backend, for the kernels whatever the caller's MPLBACKEND says (Agg would leave no figures).
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
@@ -265,7 +265,7 @@ def time_line(executed: Path) -> str:
     code = [cell for cell in book.cells if cell.cell_type == "code"]
     moment = datetime.datetime.fromisoformat
     starting = (moment(code[1].metadata.papermill.end_time) - moment(timing.start_time)).total_seconds()
-    training = sum(cell.metadata.papermill.duration for cell in code if TRAINING_CELL.search(cell.source))
+    training = sum(cell.metadata.papermill.duration for cell in code[2:] if TRAINING_CELL.search(cell.source))
     rest = timing.duration - starting - training
     return (f"    {timing.duration:.1f} s: starting {starting:.1f} s (kernel, setup and imports), training "
             f"{training:.1f} s, the rest {rest:.1f} s")

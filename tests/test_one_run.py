@@ -3,6 +3,7 @@ one model's results in the output folder even after notebook 1 is run again by h
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -90,6 +91,30 @@ def test_each_notebook_says_how_long_it_spent_starting_training_and_in_the_rest(
         code = [cell.metadata.papermill.duration for cell in executed.cells if cell.cell_type == "code"]
         assert starting >= code[0] + code[1] - 0.1 and rest > 0
         assert (training > 0) == (notebook == "1_train_vae.ipynb"), found[0].string
+
+
+def test_the_time_line_splits_a_notebooks_seconds_as_papermill_timed_its_cells(tmp_path: Path) -> None:
+    """Starting runs from the notebook's start (the kernel's launch) to the end of the import cell; training is the
+    cells after it that call train_vae_v1 or a sweep's run (not the setup cell's subprocess.run); the rest is the
+    remainder, shutting the kernel down included."""
+    import run_lecture
+
+    start = datetime.datetime(2026, 12, 4, 21, 0)
+
+    def timed(node: nbformat.NotebookNode, begin: float, seconds: float) -> nbformat.NotebookNode:
+        node.metadata.papermill = {"start_time": (start + datetime.timedelta(seconds=begin)).isoformat(),
+                                   "end_time": (start + datetime.timedelta(seconds=begin + seconds)).isoformat(),
+                                   "duration": seconds}
+        return node
+
+    cells = [("done = subprocess.run(['git', 'clone'])", 2.0, 3.0), ("import torch", 5.0, 1.5), ("x = 1", 6.5, 0.5),
+             ("log = train_vae_v1(num_epochs=1)", 7.0, 10.0), ("results = sweep.run(runs)", 17.0, 4.0),
+             ("plot_training_loss(log)", 21.0, 2.0)]
+    book = timed(nbformat.v4.new_notebook(cells=[timed(nbformat.v4.new_code_cell(source), begin, seconds)
+                                                 for source, begin, seconds in cells]), 0.0, 24.0)
+    nbformat.write(book, tmp_path / "executed.ipynb")
+    assert run_lecture.time_line(tmp_path / "executed.ipynb") == (
+        "    24.0 s: starting 6.5 s (kernel, setup and imports), training 14.0 s, the rest 3.5 s")
 
 
 def test_figures_are_in_the_executed_notebooks_though_mplbackend_says_agg(first_run: FirstRun) -> None:
