@@ -183,8 +183,8 @@ def choose_decoders(asked: str | None, device: torch.device) -> tuple[list[str],
     if device.type == "cuda":
         return ["transpose", "nearest"], ("Decoders: transpose and nearest, as the lecture trained both "
                                           "(--decoder transpose trains one, in half the time)")
-    return ["transpose"], (f"Decoder: transpose only, since on the {device.type.upper()} training both takes twice "
-                           "as long; --decoder both trains and compares both, as the lecture did")
+    return ["transpose"], (f"Decoder: transpose (on the {device.type.upper()} both would take twice as long; "
+                           "--decoder both trains both, as the lecture did)")
 
 
 def kernel_manager(socket_folder: Path) -> type:
