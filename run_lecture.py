@@ -3,25 +3,27 @@
     python run_lecture.py                   # CelebA if found under data/ (the laptop recipe without a GPU), else a demo
     python run_lecture.py --recipe lecture  # the lecture's full run: 50 epochs, batch 256, all 162,770 images
     python run_lecture.py --download        # fetch CelebA from the Hugging Face Hub into data/ first
-    python run_lecture.py --decoder both    # train and compare both decoders
+    python run_lecture.py --decoder both    # train and compare both decoders (the default on a CUDA GPU)
     python run_lecture.py --self-check      # check every precision/compile/data path this machine's GPU supports
     python run_lecture.py --knobs           # then notebook 5: short runs, one knob changed at a time (--knobs decoder)
 
 Relative paths are relative to the repository root. Every input is checked before any work starts. Writes the
 executed notebooks, every figure (PNG) and metrics.json under --output-dir. The terminal gets one line per notebook
-and one per epoch; each notebook's own output is in its executed copy.
+and one per epoch, then how long the notebook spent starting, training and in the rest; each notebook's own output
+(figures inline, whatever MPLBACKEND says) is in its executed copy.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import re
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from celeba_vae.paths import REPO_ROOT, project_path, run_files
 from celeba_vae.recipes import KNOB_NAMES, RECIPES, recipe_line, recipe_name
@@ -39,6 +41,10 @@ TRAIN, SAMPLE, LATENT, ARITHMETIC = (
 KNOBS = "5_what_the_knobs_do.ipynb"
 # The lines of a notebook the terminal shows: train_vae_v1's summary of an epoch, and notebook 5's line per run.
 SHOWN_LINES = re.compile(r"\*\*\*Epoch: |\[\d+/\d+\] ")
+# The cells that train, after the setup and import cells: notebook 1's call of train_vae_v1, notebook 5's sweep.
+TRAINING_CELL = re.compile(r"\btrain_vae_v1\(|\.run\(")
+# Jupyter's own backend, for the kernels whatever the caller's MPLBACKEND says (Agg would leave no figures).
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
 class InputError(Exception):
@@ -98,7 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-images", type=positive, help="cap the validation and test images")
     parser.add_argument("--num-synthetic", type=_whole_number(10), default=2000, help="size of the synthetic set")
     parser.add_argument("--learning-rate", type=_positive_number, default=5e-4)
-    parser.add_argument("--decoder", choices=["transpose", "nearest", "both"], default="transpose")
+    parser.add_argument("--decoder", choices=["transpose", "nearest", "both"],
+                        help="default: both on a CUDA GPU, as the lecture trained both; transpose elsewhere")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, cuda:N, mps or cpu")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
     parser.add_argument("--data-on-gpu", choices=["auto", "yes", "no"], default="auto")
@@ -167,14 +174,33 @@ def check_resume(output_dir: Path, decoders: list[str], data: dict[str, object])
             raise InputError(f"--resume: {_problem(err)}") from None
 
 
+def choose_decoders(asked: str | None, device: torch.device) -> tuple[list[str], str | None]:
+    """The decoders to train: ``--decoder`` when given; otherwise both on a CUDA GPU, as the lecture trained both,
+    and the transposed one elsewhere, where both would take twice as long. The second value is the line that says
+    so (``None`` when the user chose)."""
+    if asked is not None:
+        return (["transpose", "nearest"] if asked == "both" else [asked]), None
+    if device.type == "cuda":
+        return ["transpose", "nearest"], ("Decoders: transpose and nearest, as the lecture trained both "
+                                          "(--decoder transpose trains one, in half the time)")
+    return ["transpose"], (f"Decoder: transpose (on the {device.type.upper()} both would take twice as long; "
+                           "--decoder both trains both, as the lecture did)")
+
+
 def kernel_manager(socket_folder: Path) -> type:
-    """The kernel manager the runner's notebooks use: it does not interrupt a kernel it is shutting down (jupyter_client
-    does, and an idle kernel then logs ``KeyboardInterrupt caught in kernel`` as an ERROR); except on Windows its
-    kernel is reached over local sockets in ``socket_folder`` (no unencrypted TCP, nothing in the working dir)."""
+    """The kernel manager the runner's notebooks use: its kernels draw figures inline whatever the caller's
+    ``MPLBACKEND`` says (``Agg``, common on servers, would leave only ``<Figure ...>`` texts); it does not interrupt a
+    kernel it is shutting down (jupyter_client does, and an idle kernel then logs ``KeyboardInterrupt caught in
+    kernel`` as an ERROR); except on Windows its kernel is reached over local sockets in ``socket_folder`` (no
+    unencrypted TCP, nothing in the working dir)."""
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import Unicode, default
 
     class QuietShutdownKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:
+            kw["env"] = {**kw.get("env", os.environ), "MPLBACKEND": INLINE_BACKEND}
+            await super().start_kernel(**kw)
+
         async def _async_interrupt_kernel(self) -> None:
             if not getattr(self, "shutting_down", False):
                 await super()._async_interrupt_kernel()
@@ -212,8 +238,9 @@ class EpochLines:
 
 
 def run_notebook(notebook: str, out: Path, parameters: dict[str, object]) -> None:
-    """Execute one notebook as Jupyter would (kernel in notebooks/), showing only its epoch lines; a failing cell
-    becomes a NotebookFailed. The kernel's socket folder is removed afterwards."""
+    """Execute one notebook as Jupyter would (kernel in notebooks/, figures inline), showing only its epoch lines
+    and then its times (:func:`time_line`); a failing cell becomes a NotebookFailed. The kernel's socket folder is
+    removed afterwards."""
     import papermill as pm
 
     with tempfile.TemporaryDirectory(prefix="celeba-vae-kernel-") as sockets:
@@ -225,6 +252,23 @@ def run_notebook(notebook: str, out: Path, parameters: dict[str, object]) -> Non
             last = (str(err.evalue).strip() or err.ename).splitlines()[-1]
             raise NotebookFailed(f"{notebook} failed in cell {err.exec_count}: {err.ename}: {last}\n"
                                  f"The executed notebook, with the full traceback: {out}") from None
+    print(time_line(out), flush=True)
+
+
+def time_line(executed: Path) -> str:
+    """How long a notebook took: starting (its kernel, the setup and import cells), training (the cells
+    :data:`TRAINING_CELL` matches) and the rest, read from the times papermill writes into the executed notebook."""
+    import nbformat
+
+    book = nbformat.read(executed, as_version=4)
+    timing = book.metadata.papermill
+    code = [cell for cell in book.cells if cell.cell_type == "code"]
+    moment = datetime.datetime.fromisoformat
+    starting = (moment(code[1].metadata.papermill.end_time) - moment(timing.start_time)).total_seconds()
+    training = sum(cell.metadata.papermill.duration for cell in code[2:] if TRAINING_CELL.search(cell.source))
+    rest = timing.duration - starting - training
+    return (f"    {timing.duration:.1f} s: starting {starting:.1f} s (kernel, setup and imports), training "
+            f"{training:.1f} s, the rest {rest:.1f} s")
 
 
 def choose_device(name: str) -> torch.device:
@@ -263,12 +307,14 @@ def run(args: argparse.Namespace) -> int:
     data = check_data(args)
     output_dir = project_path(args.output_dir, "outputs")
     check_output_dir(output_dir)
-    decoders = ["transpose", "nearest"] if args.decoder == "both" else [args.decoder]
+    decoders, why = choose_decoders(args.decoder, device)
     print(data.message)
     plan = RECIPES[recipe_name(args.recipe, device.type, data.kind)].changed(
         num_epochs=args.epochs, batch_size=args.batch_size, train_images=args.train_images,
         eval_images=args.eval_images)
     print(recipe_line(args.recipe, plan))
+    if why:
+        print(why)
     if args.resume:
         check_resume(output_dir, decoders, data.record())
     executed = run_files(output_dir, decoders[0]).notebooks

@@ -3,7 +3,7 @@
 :func:`find_celeba` detects the layout a folder holds and returns a :class:`CelebASource`; :func:`read_index`
 reads (and checks) its annotations; :meth:`CelebASource.read_image` opens one image as RGB. Everything that
 decodes CelebA, per image or into the decoded cache, goes through these. The Hub copy (parquet shards) is read
-and downloaded by :mod:`celeba_hub`, wrapped here as :class:`HubSource`. What is made from a data folder that
+and downloaded by :mod:`celeba_vae.hub`, wrapped here as :class:`HubSource`. What is made from a data folder that
 cannot be written (an extracted zip, the decoded cache) goes to a writable cache folder (:func:`derived_folder`).
 """
 
@@ -142,7 +142,7 @@ class CelebASource:
 
 @dataclass(frozen=True)
 class HubSource(CelebASource):
-    """The Hub copy: parquet shards in ``image_dir`` holding encoded images and attributes (see :mod:`celeba_hub`).
+    """The Hub copy: parquet shards in ``image_dir`` holding encoded images and attributes (see :mod:`celeba_vae.hub`).
 
     Holds only paths, so it pickles cheaply into decoding workers; the row index is read once per process.
     """
@@ -447,13 +447,6 @@ def _check_size(img: Image.Image, path: str | Path, crop_size: int) -> None:
             f"image {path} is {img.width}x{img.height}, smaller than the {crop_size}x{crop_size} crop; "
             "CelebA's aligned images are 178x218: replace the file or use a smaller crop_size"
         )
-
-
-def decode_cropped(path: str | Path, crop_size: int = CROP_SIZE) -> np.ndarray:
-    """Decode ``path`` and center-crop it as ``CenterCrop`` does: uint8 array (3, crop, crop)."""
-    img = load_rgb(path)
-    _check_size(img, Path(path), crop_size)
-    return center_crop(img, crop_size)
 
 
 def center_crop(img: Image.Image, crop_size: int = CROP_SIZE) -> np.ndarray:

@@ -7,8 +7,8 @@
   working folder, a folder above it, a clone in ``./celeba-vae``, or where ``helper_setup`` imports from),
   otherwise ``git clone``s ``$CELEBA_VAE_REPO`` (default ``REPO_URL``) at ``$CELEBA_VAE_REF`` (default
   ``REPO_REF``) into ``./celeba-vae`` (a failure says why and what to do, in two lines), puts the root on
-  ``sys.path`` once and calls :func:`celeba_vae.runtime.prepare` and :func:`~celeba_vae.runtime.report_device`,
-  which in the notebooks that train (``TRAINING_NOTEBOOKS``) also times the lecture's training step.
+  ``sys.path`` once and calls :func:`celeba_vae.runtime.prepare` and :func:`~celeba_vae.runtime.report_device`
+  (which names the device, nothing more); the same cell in every notebook.
 
 ``python -m celeba_vae.notebook_cells`` writes both into every notebook in ``notebooks/`` (in place, only where
 they changed) and the links between the README's ``notebook-links`` markers; ``--check`` only reports. A fork
@@ -35,7 +35,6 @@ BADGE_ID, SETUP_ID = "open-in", "setup"
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 KAGGLE_BADGE = "https://kaggle.com/static/images/open-in-kaggle.svg"
 README_START, README_END = "<!-- notebook-links:start -->", "<!-- notebook-links:end -->"
-TRAINING_NOTEBOOKS = ("1_train_vae.ipynb", "5_what_the_knobs_do.ipynb")
 HIDDEN = {"jupyter": {"source_hidden": True}, "cellView": "form", "_kg_hide-input": True}
 
 SETUP_CELL = string.Template("""\
@@ -80,9 +79,7 @@ if str(project_root) not in sys.path:
     sys.path.insert(0, str(project_root))
 runtime = importlib.import_module("celeba_vae.runtime")
 if runtime.prepare(project_root):
-$report""")
-REPORT = "    runtime.report_device()"
-REPORT_TIMED = '    runtime.report_device(importlib.import_module("helper_train").train_vae_v1)'
+    runtime.report_device()""")
 
 
 def published(url: str = REPO_URL) -> bool:
@@ -90,10 +87,9 @@ def published(url: str = REPO_URL) -> bool:
     return url != PLACEHOLDER_URL
 
 
-def setup_cell(notebook: str, url: str = REPO_URL, ref: str = REPO_REF) -> str:
-    """The setup cell's source for ``notebook``: it times the training step only in ``TRAINING_NOTEBOOKS``."""
-    return SETUP_CELL.substitute(clone=CLONE_FOLDER, repo_env=REPO_ENV, ref_env=REF_ENV, url=url, ref=ref,
-                                 report=REPORT_TIMED if notebook in TRAINING_NOTEBOOKS else REPORT)
+def setup_cell(url: str = REPO_URL, ref: str = REPO_REF) -> str:
+    """The setup cell's source, the same in every notebook."""
+    return SETUP_CELL.substitute(clone=CLONE_FOLDER, repo_env=REPO_ENV, ref_env=REF_ENV, url=url, ref=ref)
 
 
 def github_repository(url: str = REPO_URL) -> str:
@@ -131,7 +127,7 @@ def with_setup_cells(book: nbformat.NotebookNode, notebook: str, url: str = REPO
     book = copy.deepcopy(book)
     cells = [cell for cell in book.cells if cell.get("id") not in (BADGE_ID, SETUP_ID)]
     first_code = next((i for i, cell in enumerate(cells) if cell.cell_type == "code"), len(cells))
-    setup = nbformat.v4.new_code_cell(setup_cell(notebook, url, ref), id=SETUP_ID, metadata=copy.deepcopy(HIDDEN))
+    setup = nbformat.v4.new_code_cell(setup_cell(url, ref), id=SETUP_ID, metadata=copy.deepcopy(HIDDEN))
     cells.insert(first_code, setup)
     badge = [nbformat.v4.new_markdown_cell(badges(notebook, url, ref), id=BADGE_ID)] if published(url) else []
     book.cells = [*badge, *cells]

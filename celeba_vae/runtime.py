@@ -2,36 +2,31 @@
 
 The notebooks' setup cell (written by :mod:`celeba_vae.notebook_cells` from ``REPO_URL`` and ``REPO_REF``) finds
 or fetches the project, puts it on ``sys.path`` and calls :func:`prepare`: only the missing dependencies are
-installed (never torch or torchvision, so a CUDA build is never replaced). Then :func:`report_device` prints the
-versions in use and the GPU; in the notebooks that train, also the precision and an estimate of the time per epoch
-at the lecture's settings, timed with the training step the cell passes in. A card the installed torch cannot
-drive (:func:`unsupported_gpu`) is named with what to do, and training runs on the CPU.
-:func:`output_folder` decides where outputs go: Google Drive when asked (Colab), ``/kaggle/working`` on Kaggle.
+installed (never torch or torchvision, so a CUDA build is never replaced). Then :func:`report_device` names the
+torch in use and the GPU, nothing more: it starts in seconds (timing a training step is ``run_lecture.py
+--self-check``'s job). A card the installed torch cannot drive (:func:`unsupported_gpu`) is named with what to do,
+and training runs on the CPU. :func:`output_folder` decides where outputs go: Google Drive when asked (Colab),
+``/kaggle/working`` on Kaggle.
 
 Nothing here imports torch at module level: the setup cell imports this module before anything is installed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
-import io
 import os
 import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from celeba_vae.atomic_files import GIB
 from celeba_vae.paths import OUTPUTS_ENV, project_path
-
-if TYPE_CHECKING:
-    import torch
 
 PLACEHOLDER_URL = "https://github.com/YOUR-ACCOUNT/celeba-vae"
 REPO_URL = "https://github.com/YOUR-ACCOUNT/celeba-vae"  # set by python -m celeba_vae.notebook_cells --url
@@ -45,7 +40,7 @@ DRIVE_FOLDER = "celeba-vae"
 NEVER_INSTALLED = ("torch", "torchvision")
 NOT_NEEDED_IN_A_KERNEL = ("jupyter", "ipykernel", "papermill", "nbformat")
 PYTORCH_INSTALL = "https://pytorch.org/get-started/locally/"
-GIB = 1 << 30
+KAGGLE_GPU = "On Kaggle choose Settings > Accelerator > GPU T4 x2, then run the notebook again"
 CUDNN_SM_FLOOR, CUDNN_FLOOR_SINCE = (7, 5), 91100  # cuDNN 9.11+ (CUDA 13 builds) refuses cards below 7.5
 
 _prepared: set[Path] = set()
@@ -192,9 +187,8 @@ def unsupported_gpu() -> str | None:
             why = f"its cuDNN {cudnn} needs compute capability {'.'.join(map(str, CUDNN_SM_FLOOR))} or newer"
         else:
             continue
-        todo = ("On Kaggle choose Settings > Accelerator > GPU T4 x2, then run the notebook again"
-                if detect_runtime() == "kaggle" else
-                f"For this card install a torch build that supports {sm} ({PYTORCH_INSTALL}), or use another GPU")
+        todo = (KAGGLE_GPU if detect_runtime() == "kaggle" else
+                f"For this card install a torch build that supports {sm} ({PYTORCH_INSTALL}). {KAGGLE_GPU}")
         return (f"GPU {name} (cuda:{index}, compute capability {capability[0]}.{capability[1]}) cannot be used by "
                 f"torch {torch.__version__}: {why}.\n{todo}.")
     return None
@@ -268,63 +262,12 @@ def gpu_lines(gpus: list[GpuInfo], used: int, free_bytes: int, precision: str, b
     return lines
 
 
-@dataclass(frozen=True)
-class _OneBatch:
-    """A loader that serves the same batch forever (the timing runs on the GPU alone, not on the data)."""
-
-    images: torch.Tensor
-
-    @property
-    def batch_size(self) -> int:
-        return len(self.images)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        labels = self.images.new_zeros(len(self.images), 40)
-        while True:
-            yield self.images, labels
-
-
-TrainStep = Callable[..., object]
-
-
-def measure_images_per_s(device: torch.device, batch_size: int, train_step: TrainStep, steps: int = 6,
-                         warmup: int = 2) -> float:
-    """Training images per second of ``train_step`` (the lecture's ``train_vae_v1``, passed in by the caller;
-    ``precision="auto"``) on ``device``, timed over ``steps - warmup`` steps on one random batch already on the
-    device; the memory is freed after."""
+def report_device() -> None:
+    """Print the torch in use and the GPU training will use (the other cards when there are several, and whether
+    the lecture's data fit on it), or how to get one. A card the installed torch cannot drive is named with what to
+    do instead (:func:`unsupported_gpu`); training then runs on the CPU. Cheap: no training step, no model."""
     import torch
 
-    from celeba_vae.selfcheck import TimedBatches
-    from model import VAE
-
-    model = VAE()
-    batches = TimedBatches(_OneBatch(torch.rand(batch_size, 3, 128, 128, device=device)), steps, warmup, device)
-    with contextlib.redirect_stdout(io.StringIO()):
-        train_step(1, model, torch.optim.Adam(model.parameters(), lr=5e-4), device, batches,
-                   logging_interval=steps, skip_epoch_stats=True, progress=False)
-    rate = batches.images_per_s()
-    del model, batches
-    torch.cuda.empty_cache()
-    return rate
-
-
-def epoch_time_line(images_per_s: float, train_images: int, num_epochs: int, steps: int) -> str:
-    """The expected time per epoch and for ``num_epochs`` at ``images_per_s``, said to be an estimate."""
-    minutes = train_images / images_per_s / 60
-    return (f"Expected time per epoch at the lecture's settings: about {minutes:.1f} min ({num_epochs} epochs: about "
-            f"{minutes * num_epochs / 60:.1f} h). An estimate from {steps} timed training steps on this GPU; "
-            "the first epoch also decodes CelebA once, and validation adds a little")
-
-
-def report_device(train_step: TrainStep | None = None) -> None:
-    """Print the versions and the GPU training will use (or how to get one). Given ``train_step`` (in the
-    notebooks that train), also the other cards, the precision, whether the lecture's data fits and the expected
-    time per epoch measured from a few steps of it. A card the installed torch cannot drive is named with what to
-    do instead (:func:`unsupported_gpu`); training then runs on the CPU."""
-    import torch
-
-    from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES
-    from celeba_vae.gpu_budget import free_gpu_bytes
     from celeba_vae.precision import choose_precision
     from celeba_vae.recipes import RECIPES
 
@@ -340,17 +283,11 @@ def report_device(train_step: TrainStep | None = None) -> None:
               "demo recipe on synthetic faces. For the lecture's settings use a GPU: in Colab Runtime > Change "
               "runtime type > T4 GPU, on Kaggle Settings > Accelerator > GPU T4 x2; then run the notebook from the top")
         return
-    lecture = RECIPES["lecture"]
+    from celeba_vae.gpu_budget import free_gpu_bytes
+
     device = torch.device("cuda", torch.cuda.current_device())
-    precision = choose_precision("auto", device)
-    lines = gpu_lines(gpus, device.index, free_gpu_bytes(device), precision.name, lecture.batch_size)
-    if train_step is None:
-        print(lines[0])
-        return
-    print("\n".join([*lines, precision.describe()]))
-    steps, warmup = 6, 2
-    rate = measure_images_per_s(device, lecture.batch_size, train_step, steps, warmup)
-    print(epoch_time_line(rate, OFFICIAL_SPLIT_SIZES["train"], lecture.num_epochs, steps - warmup))
+    precision = choose_precision("auto", device).name
+    print("\n".join(gpu_lines(gpus, device.index, free_gpu_bytes(device), precision, RECIPES["lecture"].batch_size)))
 
 
 def prepare(root: str | Path) -> bool:

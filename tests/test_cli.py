@@ -162,6 +162,35 @@ def test_without_celeba_the_runner_and_the_notebooks_say_the_same(
     assert banner.count("=" * 100) == 2 and banner in runner_said
 
 
+@pytest.mark.parametrize(("device", "asked", "trained"), [
+    ("cuda", None, ["transpose", "nearest"]), ("cpu", None, ["transpose"]), ("mps", None, ["transpose"]),
+    ("cuda", "transpose", ["transpose"]), ("cpu", "both", ["transpose", "nearest"]),
+])
+def test_on_a_cuda_gpu_both_decoders_are_trained_as_in_the_lecture_elsewhere_one_saying_why(
+    device: str, asked: str | None, trained: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import run_lecture
+
+    given: list[tuple[str, object]] = []
+    monkeypatch.setattr(run_lecture, "choose_device", lambda name: torch.device(device))
+    monkeypatch.setattr(run_lecture, "run_notebook",
+                        lambda notebook, out, parameters: given.append((notebook, parameters.get("decoder"))))
+    args = ["--dataset", "synthetic", "--num-synthetic", "10", "--data-root", str(tmp_path / "data"),
+            "--output-dir", str(tmp_path / "out"), *(["--decoder", asked] if asked else [])]
+    assert run_lecture.main(args) == 0
+    assert [decoder for notebook, decoder in given if notebook == run_lecture.TRAIN] == trained
+    assert {decoder for notebook, decoder in given if notebook == run_lecture.ARITHMETIC} == set(trained)
+    printed = capsys.readouterr().out
+    if asked is None and device == "cuda":
+        assert "Decoders: transpose and nearest, as the lecture trained both" in printed, printed
+    elif asked is None:
+        assert f"Decoder: transpose (on the {device.upper()} both would take twice as long" in printed, printed
+        assert "--decoder both trains both" in printed, printed
+    else:
+        assert "Decoder" not in printed, printed
+
+
 def test_help_and_argument_errors_load_no_heavy_library() -> None:
     """--help and a bad argument answer before torch, papermill, scikit-learn or a helper module is imported."""
     code = ("import sys, run_lecture\n"

@@ -15,13 +15,13 @@ import nbformat
 import papermill as pm
 import pytest
 import torch
+import torchvision
 
 import helper_setup
 from celeba_vae import gpu_budget, notebook_cells, runtime
 from celeba_vae.paths import OUTPUTS_ENV, REPO_ROOT
 from celeba_vae.precision import choose_precision
 from celeba_vae.synthetic import write_synthetic_celeba
-from helper_train import train_vae_v1
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 GIB = 1 << 30
@@ -144,7 +144,7 @@ def test_setup_cell_clones_once_where_the_project_is_missing(origin: Path, tmp_p
     content.mkdir()
     stand_in = _stand_in_colab(tmp_path / "stand-in")
     script = (f"import importlib.util, sys\nassert importlib.util.find_spec('helper_setup') is None\n"
-              f"cell = {notebook_cells.setup_cell('1_train_vae.ipynb')!r}\nexec(cell)\nexec(cell)\n"
+              f"cell = {notebook_cells.setup_cell()!r}\nexec(cell)\nexec(cell)\n"
               "import helper_setup\nprint('paths', sys.path.count(str(project_root)), helper_setup.__file__)\n")
     result = subprocess.run([sys.executable, "-S", "-c", script], cwd=content, capture_output=True, text=True,
                             env=_without_project_env(origin, stand_in), timeout=300, check=False)
@@ -161,7 +161,7 @@ def test_setup_cell_finds_the_checkout_from_notebooks_folder(origin: Path, tmp_p
     """A Jupyter whose kernel was not installed from requirements.txt: the kernel starts in notebooks/ and cannot
     import the helpers one folder up until the setup cell puts the repository root on the path; nothing is cloned."""
     script = (f"import importlib.util\nassert importlib.util.find_spec('helper_setup') is None\n"
-              f"exec({notebook_cells.setup_cell('3_latent_histograms.ipynb')!r})\nimport helper_setup\n"
+              f"exec({notebook_cells.setup_cell()!r})\nimport helper_setup\n"
               "print('helpers', helper_setup.__file__)\n")
     env = {**_without_project_env(origin, tmp_path / "no-colab"), runtime.REPO_ENV: str(tmp_path / "unreachable")}
     result = subprocess.run([sys.executable, "-S", "-c", script], cwd=origin / "notebooks", capture_output=True,
@@ -171,7 +171,7 @@ def test_setup_cell_finds_the_checkout_from_notebooks_folder(origin: Path, tmp_p
     setup_lines = result.stdout.splitlines()[:-1]
     assert setup_lines[0] == f"Runtime: local | project: {origin} | dependencies: all installed"
     assert setup_lines[1].startswith("Using torch") and setup_lines[2].startswith("No GPU: training runs on the CPU")
-    assert len(setup_lines) == 3, "a notebook that does not train prints at most 3 setup lines"
+    assert len(setup_lines) == 3, "without a GPU the setup cell prints 3 lines"
     assert not (origin / "notebooks" / runtime.CLONE_FOLDER).exists()
 
 
@@ -280,31 +280,32 @@ def test_lecture_fits_colab_and_kaggle_gpus(cards: list[str], total_gib: float, 
     assert small[-1].endswith("does not fit)")
 
 
-def test_setup_cell_reports_kaggles_two_t4s(monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_setup_cell_names_kaggles_two_t4s_and_times_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The card training uses, the other one, where the lecture's data go; no training step is run (that is
+    ``run_lecture.py --self-check``'s job), so the cell builds no model and starts no optimizer."""
     _fake_cuda(monkeypatch, "Tesla T4", (7, 5), count=2)
     monkeypatch.setattr(gpu_budget, "free_gpu_bytes", lambda _: int(14.4 * GIB))
     monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_75", "sm_80", "sm_86", "sm_90"])
-    measured: list[tuple[torch.device, int, object]] = []
-    monkeypatch.setattr(runtime, "measure_images_per_s",
-                        lambda device, batch, step, *_: measured.append((device, batch, step)) or 500)
-    runtime.report_device(train_vae_v1)
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda *_: pytest.fail("the setup cell trained"))
+    runtime.report_device()
     versions, *printed = capsys.readouterr().out.splitlines()
     assert versions.startswith("Using torch") and "CUDA" in versions
+    assert f"torchvision {torchvision.__version__} " in versions
     assert printed[0] == "GPU: Tesla T4 (cuda:0), 14.7 GiB, 14.4 GiB free, compute capability 7.5"
     assert "2 GPUs: training uses one, cuda:0" in printed[1] and "cuda:1 Tesla T4" in printed[1]
-    assert printed[2].endswith("-> on the GPU") and printed[3].startswith("Precision: fp16 autocast + gradient scaling")
-    assert measured == [(torch.device("cuda", 0), 256, train_vae_v1)]
-    assert f"about {162_770 / 500 / 60:.1f} min" in printed[4]
-    runtime.report_device()
-    assert capsys.readouterr().out.splitlines()[1:] == [printed[0]], "without a step to time: the card alone"
+    assert printed[2].startswith("Fit: ") and printed[2].endswith("-> on the GPU")
+    assert len(printed) == 3, printed
 
 
-def test_epoch_time_is_measured_and_called_an_estimate() -> None:
-    rate = runtime.measure_images_per_s(torch.device("cpu"), 4, train_vae_v1, steps=3, warmup=1)
-    assert rate > 0
-    line = runtime.epoch_time_line(rate, 162_770, 50, 2)
-    assert f"about {162_770 / rate / 60:.1f} min" in line and "estimate" in line
+def test_the_setup_cell_imports_no_model_and_no_training_code() -> None:
+    """``report_device`` in a fresh Python loads neither the model nor the training step."""
+    script = ("import sys\nfrom celeba_vae import runtime\nruntime.report_device()\n"
+              "print(sorted(m for m in ('model', 'helper_train', 'celeba_vae.selfcheck', 'celeba_vae.training') "
+              "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert done.stdout.splitlines()[-1] == "[]", done.stdout
 
 
 CUDA_13_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]  # torch 2.9+ cu130 wheels
@@ -348,7 +349,7 @@ def test_kaggles_p100_is_named_before_any_cuda_work_and_the_cpu_used(
         monkeypatch.delitem(sys.modules, name)  # a stand-in google.colab of an earlier test would say "colab"
     monkeypatch.setattr(runtime, "_said", set())
     runtime.versions_line()  # never reads cuDNN through torch's check (which raises on this card)
-    runtime.report_device(train_vae_v1)
+    runtime.report_device()
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 2, printed
     assert printed[0].startswith("GPU Tesla P100-PCIE-16GB (cuda:0, compute capability 6.0) cannot be used by torch")
@@ -359,7 +360,9 @@ def test_kaggles_p100_is_named_before_any_cuda_work_and_the_cpu_used(
     with pytest.raises(RuntimeError, match="(?s)device='cuda': GPU Tesla P100-PCIE-16GB .* Or use device='auto'"):
         get_device("cuda")
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
-    assert "install a torch build that supports sm_60" in runtime.unsupported_gpu()
+    elsewhere = runtime.unsupported_gpu()
+    assert "install a torch build that supports sm_60" in elsewhere, elsewhere
+    assert "Settings > Accelerator > GPU T4 x2" in elsewhere and "another GPU" not in elsewhere, elsewhere
 
 
 def test_setup_cells_are_written_once_and_in_place(tmp_path: Path) -> None:
@@ -373,7 +376,7 @@ def test_setup_cells_are_written_once_and_in_place(tmp_path: Path) -> None:
         assert book.cells[0].id == notebook_cells.BADGE_ID
         assert notebook_cells.notebook_links(source.name, url)[0] in book.cells[0].source
         code = [c for c in book.cells if c.cell_type == "code"]
-        assert code[0].id == notebook_cells.SETUP_ID and code[0].source == notebook_cells.setup_cell(source.name, url)
+        assert code[0].id == notebook_cells.SETUP_ID and code[0].source == notebook_cells.setup_cell(url)
         kept = [c for c in book.cells if c.id not in (notebook_cells.BADGE_ID, notebook_cells.SETUP_ID)]
         assert [c.source for c in kept] == [c.source for c in original.cells if c.get("id") not in
                                             (notebook_cells.BADGE_ID, notebook_cells.SETUP_ID)]
@@ -386,13 +389,13 @@ def test_setup_cells_are_written_once_and_in_place(tmp_path: Path) -> None:
 @pytest.mark.parametrize("notebook", [p.name for p in NOTEBOOKS])
 def test_the_setup_cell_is_hidden_in_jupyter_colab_and_kaggle(notebook: str) -> None:
     """Jupyter hides ``source_hidden`` cells, Colab shows a ``# @title`` cell as a form (``cellView``), Kaggle hides
-    ``_kg_hide-input``; only notebooks 1 and 5, which train, time the training step."""
+    ``_kg_hide-input``; it is the same cell in every notebook and times no training step."""
     book = notebook_cells.with_setup_cells(nbformat.read(REPO_ROOT / "notebooks" / notebook, as_version=4), notebook)
     setup = next(c for c in book.cells if c.get("id") == notebook_cells.SETUP_ID)
     assert setup.metadata["jupyter"] == {"source_hidden": True}
     assert setup.metadata["cellView"] == "form" and setup.metadata["_kg_hide-input"] is True
     assert setup.source.startswith("# @title ")
-    assert ("train_vae_v1" in setup.source) == (notebook in ("1_train_vae.ipynb", "5_what_the_knobs_do.ipynb"))
+    assert setup.source == notebook_cells.setup_cell() and "train_vae_v1" not in setup.source
 
 
 def test_links_are_built_from_the_one_repository_url() -> None:
@@ -402,7 +405,7 @@ def test_links_are_built_from_the_one_repository_url() -> None:
                       "1_train_vae.ipynb")
     with pytest.raises(ValueError, match="REPO_URL='https://gitlab.com/a/b'"):
         notebook_cells.notebook_links("1_train_vae.ipynb", "https://gitlab.com/a/b")
-    assert runtime.REPO_URL in notebook_cells.setup_cell("1_train_vae.ipynb")
+    assert runtime.REPO_URL in notebook_cells.setup_cell()
     assert "YOUR-ACCOUNT" not in notebook_cells.links_table(["1_train_vae.ipynb"], runtime.PLACEHOLDER_URL)
 
 
@@ -452,10 +455,10 @@ def test_a_clone_that_fails_says_why_and_what_to_do(origin: Path, tmp_path: Path
     del env[runtime.REF_ENV]
     if where == "placeholder":
         del env[runtime.REPO_ENV]
-        cell = notebook_cells.setup_cell("1_train_vae.ipynb", runtime.PLACEHOLDER_URL)
+        cell = notebook_cells.setup_cell(runtime.PLACEHOLDER_URL)
     else:
         env[runtime.REPO_ENV] = str(tmp_path / "no-such-repository")
-        cell = notebook_cells.setup_cell("1_train_vae.ipynb")
+        cell = notebook_cells.setup_cell()
     result = _run_setup_cell_in_ipython(cell, content, env)
     printed = result.stdout + result.stderr
     assert "cell succeeded: False" in printed and "Traceback" not in printed, printed

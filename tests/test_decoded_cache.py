@@ -14,12 +14,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms
 
 import helper_data
-from celeba_vae import celeba_files, decoded_cache, synthetic
+from celeba_vae import decoded_cache, synthetic
 from celeba_vae.celeba_files import CelebASource, find_celeba, read_index
 from celeba_vae.decoded_cache import CachedLoader, build_decoded_cache
 from helper_data import CelebAFaces, get_cached_dataloaders_celeba
+
+
+def _cropped(path: Path) -> np.ndarray:
+    """One image as the lecture's pipeline crops it (``CenterCrop((128, 128))``): uint8 (3, 128, 128)."""
+    with Image.open(path) as image:
+        return np.asarray(transforms.CenterCrop((128, 128))(image.convert("RGB"))).transpose(2, 0, 1)
 
 
 def _all_items(dataset: CelebAFaces) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,9 +62,9 @@ def test_cache_is_reused_then_rebuilt_when_stale_or_corrupted(celeba_copy: Path)
     Image.open(victim).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(victim, quality=95)
     rebuilt = build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False)
     assert not np.array_equal(rebuilt.images[0], first.images[0])
-    assert np.array_equal(rebuilt.images[0], celeba_files.decode_cropped(victim))
+    assert np.array_equal(rebuilt.images[0], _cropped(victim))
 
-    expected = np.stack([celeba_files.decode_cropped(victim.parent / n) for n in rebuilt.filenames])
+    expected = np.stack([_cropped(victim.parent / n) for n in rebuilt.filenames])
     size = rebuilt.path.stat().st_size
     del first, rebuilt
     with open(celeba_copy / "celeba" / "decoded_cache" / "valid_128.npy", "r+b") as f:
@@ -190,7 +197,7 @@ def test_a_training_subset_decodes_only_its_images(
     assert subset.filenames == [names[i] for i in rows]
     assert attributes is not None and np.array_equal(subset.attributes, attributes[rows])
     folder = celeba_copy / "celeba" / "img_align_celeba"
-    assert np.array_equal(subset.images, np.stack([celeba_files.decode_cropped(folder / n) for n in subset.filenames]))
+    assert np.array_equal(subset.images, np.stack([_cropped(folder / n) for n in subset.filenames]))
 
     again = build_decoded_cache(celeba_copy, "train", num_workers=1, progress=False, index=index, max_images=10,
                                 seed=1)

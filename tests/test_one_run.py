@@ -3,6 +3,7 @@ one model's results in the output folder even after notebook 1 is run again by h
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import nbformat
 import papermill as pm
 import pytest
 
@@ -33,7 +35,8 @@ class FirstRun:
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory: pytest.TempPathFactory) -> FirstRun:
-    """``python run_lecture.py`` once, without CelebA, 1 epoch, with a private temporary folder."""
+    """``python run_lecture.py`` once, without CelebA, 1 epoch, with a private temporary folder, from an environment
+    that says ``MPLBACKEND=Agg`` (as headless servers and containers often do)."""
     root = tmp_path_factory.mktemp("first-run")
     temp_dir, data_dir, output_dir = root / "tmp", root / "data", root / "outputs"
     temp_dir.mkdir()
@@ -41,7 +44,8 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> FirstRun:
         [sys.executable, str(REPO / "run_lecture.py"), "--epochs", "1", "--num-synthetic", "100", "--device", "cpu",
          "--num-latent-images", "40", "--output-dir", str(output_dir)],
         cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
-        env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(temp_dir), "CELEBA_VAE_DATA": str(data_dir)},
+        env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(temp_dir), "CELEBA_VAE_DATA": str(data_dir),
+             "MPLBACKEND": "Agg"},
     )
     return FirstRun(done.returncode, done.stdout + done.stderr, temp_dir, data_dir, output_dir)
 
@@ -62,8 +66,66 @@ def test_one_line_per_notebook_and_per_epoch_and_no_notebook_source(first_run: F
     after_banner = lines[banner[-1] + 1:]
     assert [line.split()[0] for line in after_banner if line.startswith("[")] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
     assert sum("Epoch: 001/001" in line for line in after_banner) == 1, first_run.terminal
-    assert len(after_banner) <= 4 + 1 + 4, first_run.terminal  # recipe, where outputs are, notebooks, epoch, done
+    # recipe, decoder, where outputs are, done; a line per notebook and one with its times; the epoch
+    assert len(after_banner) <= 4 + 2 * 4 + 1, first_run.terminal
     assert not any(line.lstrip().startswith(("def ", '"""', "return ")) for line in lines), first_run.terminal
+
+
+def test_each_notebook_says_how_long_it_spent_starting_training_and_in_the_rest(first_run: FirstRun) -> None:
+    """The line after a notebook's epoch lines: its seconds, split three ways, as the executed notebook's own
+    times (papermill's) have them; only notebook 1 trains."""
+    times = re.compile(r"    (\d+\.\d) s: starting (\d+\.\d) s \(kernel, setup and imports\), training (\d+\.\d) s, "
+                       r"the rest (\d+\.\d) s$")
+    lines = first_run.terminal.splitlines()
+    starts = [i for i, line in enumerate(lines) if re.match(r"\[\d/4\] ", line)]
+    assert len(starts) == 4, first_run.terminal
+    for start, end in zip(starts, [*starts[1:], len(lines)], strict=True):
+        notebook = lines[start].split()[1]
+        found = [times.match(line) for line in lines[start + 1:end] if times.match(line)]
+        assert len(found) == 1, lines[start:end]
+        total, starting, training, rest = map(float, found[0].groups())
+        assert abs(starting + training + rest - total) <= 0.15, found[0].string
+        executed = nbformat.read(first_run.output_dir / "notebooks" / notebook.replace(".ipynb", "_transpose.ipynb"),
+                                 as_version=4)
+        assert abs(executed.metadata.papermill.duration - total) <= 0.05
+        code = [cell.metadata.papermill.duration for cell in executed.cells if cell.cell_type == "code"]
+        assert starting >= code[0] + code[1] - 0.1 and rest > 0
+        assert (training > 0) == (notebook == "1_train_vae.ipynb"), found[0].string
+
+
+def test_the_time_line_splits_a_notebooks_seconds_as_papermill_timed_its_cells(tmp_path: Path) -> None:
+    """Starting runs from the notebook's start (the kernel's launch) to the end of the import cell; training is the
+    cells after it that call train_vae_v1 or a sweep's run (not the setup cell's subprocess.run); the rest is the
+    remainder, shutting the kernel down included."""
+    import run_lecture
+
+    start = datetime.datetime(2026, 12, 4, 21, 0)
+
+    def timed(node: nbformat.NotebookNode, begin: float, seconds: float) -> nbformat.NotebookNode:
+        node.metadata.papermill = {"start_time": (start + datetime.timedelta(seconds=begin)).isoformat(),
+                                   "end_time": (start + datetime.timedelta(seconds=begin + seconds)).isoformat(),
+                                   "duration": seconds}
+        return node
+
+    cells = [("done = subprocess.run(['git', 'clone'])", 2.0, 3.0), ("import torch", 5.0, 1.5), ("x = 1", 6.5, 0.5),
+             ("log = train_vae_v1(num_epochs=1)", 7.0, 10.0), ("results = sweep.run(runs)", 17.0, 4.0),
+             ("plot_training_loss(log)", 21.0, 2.0)]
+    book = timed(nbformat.v4.new_notebook(cells=[timed(nbformat.v4.new_code_cell(source), begin, seconds)
+                                                 for source, begin, seconds in cells]), 0.0, 24.0)
+    nbformat.write(book, tmp_path / "executed.ipynb")
+    assert run_lecture.time_line(tmp_path / "executed.ipynb") == (
+        "    24.0 s: starting 6.5 s (kernel, setup and imports), training 14.0 s, the rest 3.5 s")
+
+
+def test_figures_are_in_the_executed_notebooks_though_mplbackend_says_agg(first_run: FirstRun) -> None:
+    """The kernels draw inline whatever the caller's MPLBACKEND says: with Agg every figure was the text
+    ``<Figure size ... with N Axes>``."""
+    for notebook in sorted((first_run.output_dir / "notebooks").glob("[1-4]_*.ipynb")):
+        outputs = [o for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+        images = [o for o in outputs if "image/png" in o.get("data", {})]
+        as_text = [o for o in outputs if "image/png" not in o.get("data", {})
+                   and o.get("data", {}).get("text/plain", "").startswith("<Figure size")]
+        assert images and not as_text, f"{notebook.name}: {len(images)} images, {len(as_text)} figures as text"
 
 
 def test_what_is_announced_is_what_runs(first_run: FirstRun) -> None:

@@ -11,7 +11,6 @@ code path therefore runs on every platform, and a notebook added to ``notebooks/
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import multiprocessing
 import os
@@ -24,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from celeba_vae.notebook_cells import TRAINING_NOTEBOOKS
 
 TESTS = Path(__file__).resolve().parent
 REPO_ROOT = TESTS.parent
@@ -189,13 +186,10 @@ def run_notebooks(name: str, work: Path) -> dict[str, str]:
     import nbformat
     from IPython.core.interactiveshell import InteractiveShell
 
-    import celeba_vae.recipes
     import celeba_vae.runtime
     from celeba_vae.notebook_cells import SETUP_ID, with_setup_cells
 
     install(name, work, pytest.MonkeyPatch())
-    lecture = celeba_vae.recipes.RECIPES["lecture"]  # the setup cell times the lecture's batch: keep it tiny
-    celeba_vae.recipes.RECIPES["lecture"] = dataclasses.replace(lecture, batch_size=TINY["batch_size"])
     tiny = {**TINY, "data_root": str(work / "data"), "output_dir": str(work / "outputs")}
     shell = InteractiveShell.instance()
     os.chdir(REPO_ROOT / "notebooks")
@@ -263,5 +257,5 @@ def test_every_notebook_runs_on(name: str, platform_runs: dict[str, Future]) -> 
         assert f"Device: {platform.device}" in output, f"{notebook} on {name}:\n{output[-2000:]}"
         assert "Traceback" not in output, f"{notebook} on {name}:\n{output[-2000:]}"
         setup_lines = output.split(SETUP_DONE)[0].splitlines()[1:]  # after the notebook's name
-        assert notebook in TRAINING_NOTEBOOKS or len(setup_lines) <= 3, f"{notebook} on {name}: {setup_lines}"
+        assert len(setup_lines) <= 5, f"{notebook} on {name}: {setup_lines}"  # runtime, torch, GPU, others, fit
     assert platform.says in printed, f"nothing on {name} says {platform.says!r}:\n{printed[-3000:]}"

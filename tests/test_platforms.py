@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms
 
-from celeba_vae import celeba_files, selfcheck
+from celeba_vae import selfcheck
 from celeba_vae.decoded_cache import build_decoded_cache
 from celeba_vae.paths import REPO_ROOT
 from celeba_vae.recipes import RECIPES, choose_recipe
@@ -91,6 +92,12 @@ def test_every_module_imports_without_the_posix_only_modules() -> None:
     assert "load average: None" in done.stdout and "imported" in done.stdout
 
 
+def _cropped(path: Path) -> np.ndarray:
+    """One image as the lecture's pipeline crops it (``CenterCrop((128, 128))``): uint8 (3, 128, 128)."""
+    with Image.open(path) as image:
+        return np.asarray(transforms.CenterCrop((128, 128))(image.convert("RGB"))).transpose(2, 0, 1)
+
+
 def test_the_stand_in_refuses_to_replace_a_mapped_file(tmp_path: Path, windows_file_locks: None) -> None:
     np.save(tmp_path / "a.npy", np.zeros(4096, np.uint8))
     (tmp_path / "b.npy").write_bytes(b"new")
@@ -112,7 +119,7 @@ def test_a_split_still_mapped_elsewhere_is_rebuilt_beside_it(celeba_copy: Path, 
     rebuilt = build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False)
     assert f"{held.path} is still in use" in capsys.readouterr().out
     assert rebuilt.path != held.path and rebuilt.path.parent == cache_dir
-    assert np.array_equal(rebuilt.images[0], celeba_files.decode_cropped(victim))
+    assert np.array_equal(rebuilt.images[0], _cropped(victim))
     assert np.array_equal(held.images[0], old_first)
     assert build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False).path == rebuilt.path
 
@@ -141,3 +148,4 @@ def test_a_mac_gets_the_mps_recipe_said_in_one_line(capsys: pytest.CaptureFixtur
     assert line.count("\n") == 0 and "Apple GPU" in line and "recipe='lecture'" in line
     assert choose_recipe("auto", torch.device("mps"), "synthetic") == RECIPES["demo"]
     assert choose_recipe("lecture", torch.device("mps"), "celeba") == RECIPES["lecture"]
+
