@@ -5,7 +5,7 @@
 
 For each decoder one run (the lecture's model, seed, learning rate 5e-4 and batch size 64 of the laptop recipe, fp32)
 is trained on every training image of the folder. After each of ``--report-epochs`` it prints the test loss and the
-checkerboard score (:func:`helper_quality.checkerboard_score`: 1 = no stride-2 peak) of the reconstructions of the
+checkerboard score (:func:`helper_spectra.checkerboard_score`: 1 = no stride-2 peak) of the reconstructions of the
 test faces, of as many samples from N(0, I) (fixed codes) and of the real test faces. The run is trained up to each
 reported epoch by resuming its checkpoint, so with a constant learning rate the figures after epoch 2 are those of a
 2-epoch run (notebook 5's short runs) and those after the last epoch those of the whole run. ``--json`` writes them.
