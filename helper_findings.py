@@ -164,7 +164,7 @@ def checkerboard_findings(
     lines = [(f"**This run's {decoder} decoder.** Real test faces score {real:.2f}{faces}. Reconstructions: "
              f"{_verdict(measures['reconstruction_checkerboard_score'], real)}. Samples: "
              f"{_verdict(measures['sample_checkerboard_score'], real)}.")]
-    falling = None
+    fell: list[str] | None = None
     if len(over_training) > 1:
         last = over_training[-1]
         lines.append(f"Over training, on the {last['faces']:.0f} fixed test faces of part 1's epoch pictures (which "
@@ -173,7 +173,7 @@ def checkerboard_findings(
                      f"{_series(over_training, 'samples')}. After the last epoch: reconstructions "
                      f"{_verdict(last['reconstructions'], last['real'])}; samples "
                      f"{_verdict(last['samples'], last['real'])}.")
-        falling = all(last[k] < over_training[-2][k] for k in ("reconstructions", "samples"))
+        fell = [k for k in ("reconstructions", "samples") if last[k] < over_training[0][k]]
     elif over_training:
         lines.append("Part 1 kept the faces of a single epoch, so there is no change over training to show.")
     seen = any(measures[k] > CHECKERBOARD_RATIO * real
@@ -181,14 +181,18 @@ def checkerboard_findings(
     steps = f" after {lecture_share(image_steps)}" if image_steps else ""
     more = f"{LECTURE_IMAGE_STEPS / image_steps:,.0f} times as much training" if image_steps else "more training"
     if seen:
-        if falling is None:
+        if fell is None:
             course = f"With one epoch, this run cannot show how the pattern changes with training ({more})."
-        elif falling:
-            course = ("Both scores fell in this run's last epoch: the pattern was fading when training stopped; "
+        elif len(fell) == 2:
+            course = ("Both scores fell from the first epoch to the last: the pattern was fading as training went on; "
                       f"whether it is gone after {more}, as in the lecture, this run cannot show.")
+        elif fell:
+            other = "samples" if fell == ["reconstructions"] else "reconstructions"
+            course = (f"The {fell[0]}' score fell from the first epoch to the last, the {other}' did not: no clear "
+                      f"sign yet of the pattern fading (the lecture's run had {more}).")
         else:
-            course = ("The two scores did not both fall in this run's last epoch: no sign yet of the pattern "
-                      f"fading (the lecture's run had {more}).")
+            course = ("Neither score fell from the first epoch to the last: no sign yet of the pattern fading (the "
+                      f"lecture's run had {more}).")
         lines.append(f"The lecture saw no checkerboard after its 50 epochs (\"I don't see any checkerboard\"); this "
                      f"run measures one{steps}. {course} A score well above the real faces' can still be faint at "
                      "normal size: the zoom shows how it looks.")
@@ -239,18 +243,24 @@ def sample_findings(facts: Mapping[str, Any]) -> Markdown:
     edges = facts["edges"]
     ratio = edges["samples"] / edges["reconstructions"]
     blur = ("blurrier than" if ratio < 0.9 else "sharper than" if ratio > 1.1 else "about as sharp as")
+    share = facts["code_length"] / facts["prior_length"]
+    where = ("prior draws land farther out than most faces' codes" if share < 0.85 else
+             "prior draws land nearer the centre than most faces' codes" if share > 1.15 else
+             "by length, prior draws sit among the faces' codes")
+    beyond = (f"{facts['beyond_faces']:.0%} of the draws are longer than every face's code (farther out than any "
+              "code the decoder was trained on here)" if facts["beyond_faces"] else
+              "none of the draws is longer than the longest face's code")
     return Markdown(
         f"**This run's samples.** The posterior means of {facts['images']:,} test faces have length "
         f"{facts['code_length']:.1f} on average (from {facts['code_length_min']:.1f} to "
-        f"{facts['code_length_max']:.1f}); the {facts['samples']} codes drawn from N(0, I) have length "
-        f"{facts['prior_length']:.1f} on average (about sqrt({facts['latent_dim']}) = "
-        f"{facts['latent_dim'] ** 0.5:.1f}), and {facts['beyond_faces']:.0%} of them are longer than every face's "
-        f"code: they lie farther out than any code the decoder was trained on here. Edge strength (at half "
-        f"resolution, where a stride-2 pattern averages out): real faces {edges['real']:.4f}, reconstructions "
+        f"{facts['code_length_max']:.1f}); the {facts['samples']} codes drawn from N(0, I) for the samples above "
+        f"have length {facts['prior_length']:.1f} on average (about sqrt({facts['latent_dim']}) = "
+        f"{facts['latent_dim'] ** 0.5:.1f}): {where}, and {beyond}. Edge strength (at half resolution, where a "
+        f"stride-2 pattern averages out): real faces {edges['real']:.4f}, reconstructions "
         f"{edges['reconstructions']:.4f}, samples {edges['samples']:.4f}, so the samples are {blur} the "
         f"reconstructions ({ratio:.0%} of their edge strength).\n\n"
-        "**Your turn:** how many of the 16 would you call a face? If few, the lengths above are one reason: the "
-        "decoder has to make sense of codes unlike any it saw.")
+        "**Your turn:** how many of the 16 would you call a face? Length is only one thing the KL term pulls "
+        "towards the prior; part 3 looks at the codes dimension by dimension.")
 
 
 @torch.no_grad()
@@ -273,7 +283,8 @@ def reconstruction_facts(model: torch.nn.Module, data_loader: Iterable, device: 
 def reconstruction_findings(facts: Mapping[str, Any]) -> Markdown:
     """Whether this run's reconstructions lose more of the coarse content or of the detail."""
     share = facts["coarse_share"]
-    reading = ("most of what is lost is finer detail; the coarse content comes through better" if share < 0.5 else
+    reading = ("most of what is lost is finer detail; the coarse content comes through better" if share < 0.4 else
+               "the error is split about evenly between coarse content and detail" if share <= 0.6 else
                "most of the error is in the coarse content itself: even the layout and colours are not reproduced "
                "well yet")
     return Markdown(f"**These reconstructions** ({facts['images']:,} test faces, decoded posterior means): "

@@ -116,11 +116,13 @@ def test_checkerboard_findings_above_and_below_the_threshold() -> None:
     assert "on the 8 fixed test faces of part 1's epoch pictures (which themselves score 1.10" in text
     assert ("reconstructions 20.00 after epoch 1 and 9.00 after epoch 3, down in 1 and up in 1 of 2 epochs "
             "(highest 32.30 after epoch 2)") in text
-    assert "Both scores fell in this run's last epoch" in text and "102 times as much training" in text
+    assert "Both scores fell from the first epoch to the last" in text and "102 times as much training" in text
     rising = [{**entry, "samples": 2.0 * entry["epoch"]} for entry in over]
     text = _text(hf.checkerboard_findings(measured, "transpose", rising, image_steps=80_000))
     assert "samples 2.00 after epoch 1 and 6.00 after epoch 3, up every epoch" in text
-    assert "did not both fall" in text
+    assert "The reconstructions' score fell from the first epoch to the last, the samples' did not" in text
+    flat = [{**entry, "reconstructions": 30.0, "samples": 30.0} for entry in over]
+    assert "Neither score fell" in _text(hf.checkerboard_findings(measured, "transpose", flat))
     clean = _text(hf.checkerboard_findings({**measured, "reconstruction_checkerboard_score": 1.1}, "nearest"))
     assert "agrees with the lecture" in clean and "**a checkerboard**" not in clean
 
@@ -144,11 +146,16 @@ def test_sample_findings_follow_the_code_lengths_and_the_blur_of_this_run() -> N
     short = {**facts, "code_length": 4.0, "code_length_min": 3.0, "code_length_max": 5.0, "beyond_faces": 1.0,
              "edges": {"real": 0.05, "reconstructions": 0.02, "samples": 0.01}}
     text = _text(hf.sample_findings(short))
-    assert "length 4.0 on average (from 3.0 to 5.0)" in text and "100% of them are longer than every face's" in text
+    assert "length 4.0 on average (from 3.0 to 5.0)" in text
+    assert "100% of the draws are longer than every face's" in text
+    assert "prior draws land farther out than most faces' codes" in text
     assert "samples are blurrier than the reconstructions (50% of their edge strength)" in text
-    sharp = {**short, "beyond_faces": 0.0, "edges": {"real": 0.05, "reconstructions": 0.02, "samples": 0.03}}
+    sharp = {**short, "code_length": 14.0, "beyond_faces": 0.0,
+             "edges": {"real": 0.05, "reconstructions": 0.02, "samples": 0.03}}
     text = _text(hf.sample_findings(sharp))
-    assert "0% of them are longer" in text and "sharper than the reconstructions (150%" in text
+    assert "none of the draws is longer than the longest face's code" in text
+    assert "by length, prior draws sit among the faces' codes" in text
+    assert "sharper than the reconstructions (150%" in text
 
 
 def test_the_edge_strength_ignores_a_stride_2_pattern_but_sees_blur() -> None:
@@ -183,6 +190,7 @@ def test_reconstruction_findings_split_the_error_into_coarse_content_and_detail(
     assert grey["sse_per_image"] == pytest.approx(float(((faces - 0.5) ** 2).sum()) / 4, rel=1e-4)
     assert "even the layout and colours are not reproduced" in _text(hf.reconstruction_findings(grey))
     assert "most of what is lost is finer detail" in _text(hf.reconstruction_findings(noisy))
+    assert "split about evenly" in _text(hf.reconstruction_findings({**noisy, "coarse_share": 0.5}))
 
 
 def test_decoder_findings_say_alike_or_not_from_the_pictures() -> None:
