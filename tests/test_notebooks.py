@@ -47,7 +47,8 @@ def test_runner_executes_all_notebooks_for_both_decoders(tmp_path: Path, capfd: 
         assert (out / decoder / "checkpoint.pt").is_file() and (out / decoder / "vae_celeba_02.pt").is_file()
     figures = {p.name for p in (out / "figures").iterdir()}
     expected = {"transpose_training_loss_per_minibatch_combined.png", "nearest_training_loss_per_minibatch_kl.png",
-                "transpose_test_faces_and_their_reconstructions.png", "nearest_16_faces_decoded_from_n_0_i.png",
+                "transpose_test_faces_and_their_reconstructions.png",
+                "nearest_16_samples_codes_drawn_from_n_0_i_decoded.png",
                 "transpose_zoomed_crops.png", "transpose_checkerboard_score_per_epoch.png",
                 "nearest_reconstructions_by_decoder.png", "nearest_samples_by_decoder.png",
                 "transpose_training_faces.png", "transpose_power_spectra.png", "transpose_epochs.gif",
