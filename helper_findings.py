@@ -29,6 +29,7 @@ LECTURE_FIRST_LOSS = {"transpose": 5556.7, "nearest": 4594.0}
 LECTURE_MINUTES = {"transpose": 82.0, "nearest": 90.7}
 STILL_FALLING = 0.01  # a last epoch that lowers the loss by more than 1% counts as still falling
 CHECKERBOARD_RATIO = 1.5  # a checkerboard score above 1.5x the real faces' counts as a checkerboard
+SAME_SCORE = 0.01  # checkerboard scores within 1% of each other count as the same
 NEAR_IDENTICAL = 0.01  # average faces closer than this (mean absolute pixel difference) count as nearly identical
 
 
@@ -141,8 +142,11 @@ def _series(over_training: Sequence[Mapping[str, float]], key: str) -> str:
     epochs = [entry["epoch"] for entry in over_training]
     values = [entry[key] for entry in over_training]
     steps = list(pairwise(values))
-    down, up = sum(b < a for a, b in steps), sum(b > a for a, b in steps)
+    moved = [(a, b) for a, b in steps if abs(b - a) > SAME_SCORE * max(a, b)]
+    down, up = sum(b < a for a, b in moved), sum(b > a for a, b in moved)
     said = f"{values[0]:,.2f} after epoch {epochs[0]} and {values[-1]:,.2f} after epoch {epochs[-1]}"
+    if not moved:
+        return f"{said}, about the same every epoch"
     if down == len(steps):
         return f"{said}, down every epoch"
     if up == len(steps):
@@ -173,7 +177,7 @@ def checkerboard_findings(
                      f"{_series(over_training, 'samples')}. After the last epoch: reconstructions "
                      f"{_verdict(last['reconstructions'], last['real'])}; samples "
                      f"{_verdict(last['samples'], last['real'])}.")
-        fell = [k for k in ("reconstructions", "samples") if last[k] < over_training[0][k]]
+        fell = [k for k in ("reconstructions", "samples") if last[k] < (1 - SAME_SCORE) * over_training[0][k]]
     elif over_training:
         lines.append("Part 1 kept the faces of a single epoch, so there is no change over training to show.")
     seen = any(measures[k] > CHECKERBOARD_RATIO * real

@@ -121,8 +121,12 @@ def test_checkerboard_findings_above_and_below_the_threshold() -> None:
     text = _text(hf.checkerboard_findings(measured, "transpose", rising, image_steps=80_000))
     assert "samples 2.00 after epoch 1 and 6.00 after epoch 3, up every epoch" in text
     assert "The reconstructions' score fell from the first epoch to the last, the samples' did not" in text
-    flat = [{**entry, "reconstructions": 30.0, "samples": 30.0} for entry in over]
-    assert "Neither score fell" in _text(hf.checkerboard_findings(measured, "transpose", flat))
+    flat = [{**entry, "reconstructions": 30.0 - 0.01 * entry["epoch"], "samples": 30.0} for entry in over]
+    text = _text(hf.checkerboard_findings(measured, "transpose", flat))
+    assert "reconstructions 29.99 after epoch 1 and 29.97 after epoch 3, about the same every epoch" in text
+    assert "Neither score fell" in text
+    assert "Neither score fell" in _text(hf.checkerboard_findings(measured, "transpose", [
+        {**entry, "reconstructions": 30.0, "samples": 30.0} for entry in over]))
     clean = _text(hf.checkerboard_findings({**measured, "reconstruction_checkerboard_score": 1.1}, "nearest"))
     assert "agrees with the lecture" in clean and "**a checkerboard**" not in clean
 
