@@ -7,7 +7,7 @@ import json
 import math
 import os
 import random
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,7 @@ def update_metrics(
     Given ``run_ids`` (the run id of each decoder's weights now on disk), the file never presents two models'
     results as one: the entries of ``values`` keyed by a decoder are recorded, in the file's ``"run_ids"`` section,
     as measured on those weights, and every entry measured on other weights of that decoder is dropped (the file as
-    it was is kept as ``metrics.json.bak``), said in one line.
+    it was is kept as ``metrics.json.bak``), said calmly in one line: nothing is printed on a first run.
     """
     path = Path(path)
     metrics = read_metrics(path)
@@ -118,8 +118,8 @@ def update_metrics(
             for name, decoder in stale:
                 del metrics[name][decoder]
                 stamps.get(name, {}).pop(decoder, None)
-            print(f"{path.name}: dropped {', '.join(f'{name} ({decoder})' for name, decoder in stale)}, measured on "
-                  f"weights since replaced; the previous file is {path.name}.bak")
+            print(f"{path.name}: {', '.join(f'{name} ({decoder})' for name, decoder in stale)} measured the weights "
+                  f"this run replaced; kept in {path.name}.bak, measured again by the notebooks that follow")
         stamps.setdefault(section, {}).update({key: run_ids[key] for key in values if key in run_ids})
     metrics.setdefault(section, {}).update(values)
     atomic_write(path, lambda f: f.write(json.dumps(metrics, indent=2).encode()))
@@ -129,6 +129,32 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     """The metrics JSON at ``path`` (empty when it does not exist yet)."""
     path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@torch.no_grad()
+def layer_table(model: torch.nn.Module, input_size: Sequence[int] = (1, 3, 128, 128)) -> Markdown:
+    """Every layer of ``model`` in the order an input of ``input_size`` passes them (in eval mode), each with its
+    output shape without the batch dimension and its number of parameters, and the total: a table Jupyter renders."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    leaves = {name: module for name, module in model.named_modules() if not any(module.children())}
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            shapes.setdefault(name, tuple(output.shape[1:]))
+        return record
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in leaves.items()]
+    try:
+        with eval_mode(model):
+            model(torch.zeros(tuple(input_size), device=next(model.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = [[f"`{name}`", f"`{leaves[name]}`", " x ".join(map(str, shape)),
+             f"{sum(p.numel() for p in leaves[name].parameters()):,}"] for name, shape in shapes.items()]
+    total = sum(p.numel() for p in model.parameters())
+    return markdown_table(["layer", "module", "output shape", "parameters"],
+                          [*rows, ["**total**", "", "", f"**{total:,}**"]], numbers_from=2)
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], numbers_from: int = 1) -> Markdown:
