@@ -68,7 +68,7 @@ PLATFORMS = {
     "8gb-card": Platform(
         "an 8 GB card (RTX 3070, compute capability 8.6, native bf16): the lecture's training split (7.45 GiB) does "
         "not fit beside the training step and streams from the host",
-        "NVIDIA's RTX 3070 specifications; celeba_vae.gpu_budget.placement_table()",
+        "NVIDIA's RTX 3070 specifications; celeba_vae.gpu_budget.plan_placement()",
         "cuda", cards=(("NVIDIA GeForce RTX 3070", (8, 6), 7.8),), says="does not fit"),
     "h100": Platform(
         "an H100: compute capability 9.0, native bf16, Triton so torch.compile can run",
