@@ -607,14 +607,14 @@ def run_self_check(train_step: TrainStep, device: torch.device, make_optimizer: 
     """Check with ``train_step`` (``helper_train.train_vae_v1``) and ``make_optimizer`` (``helper_train.adam``;
     default plain Adam) every path ``device`` supports, the fast path and the resume; print one table.
 
-    Defaults: 200 steps of 256 images from 1,024 synthetic faces on a GPU; 40 steps of 32 from 256 on the CPU;
+    Defaults: 200 steps of 256 images from 1,024 synthetic faces on a GPU; 24 steps of 16 from 160 on the CPU;
     the one-step rows use ``step_batches`` batches. Returns ``True`` when no row FAILS.
     """
     make_optimizer = make_optimizer or plain_adam
     gpu = device.type in ("cuda", "mps")
-    steps = steps or (200 if gpu else 40)
-    batch_size = batch_size or (256 if gpu else 32)
-    num_images = num_images or (1024 if gpu else 256)
+    steps = steps or (200 if gpu else 24)
+    batch_size = batch_size or (256 if gpu else 16)
+    num_images = num_images or (1024 if gpu else 160)
     paths, notes = supported_paths(device)
     if not takes_cuda_graph(train_step):
         paths = [path for path in paths if not path.cuda_graph]

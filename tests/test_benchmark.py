@@ -9,11 +9,13 @@ import io
 import json
 import re
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from celeba_vae import synthetic
 from celeba_vae.decoded_cache import build_decoded_cache
@@ -116,8 +118,10 @@ def test_synthetic_faces_do_not_depend_on_how_they_are_batched() -> None:
     assert whole.shape == (n, 218, 178, 3) and whole.dtype == np.uint8
     assert np.array_equal(whole, halves)
     smiling = attributes[:, synthetic.A["Smiling"]].astype(bool)
-    mouths = whole[:, 130:145, 75:103].astype(float).mean(axis=(1, 2, 3))  # teeth show only in a smile
-    assert mouths[smiling].mean() > mouths[~smiling].mean() + 20
+    mouth_x, mouth_y = (89 + params[:, 0]).round().astype(int), (112 + params[:, 1] + 25).round().astype(int)
+    mouths = np.array([face[y - 1:y + 2, x - 8:x + 9].astype(float).mean()
+                       for face, x, y in zip(whole, mouth_x, mouth_y, strict=True)])
+    assert mouths[smiling].min() > 200 and mouths[~smiling].max() < 150  # teeth show in a smile, lips otherwise
 
 
 def test_decode_benchmark_prints_a_median_per_worker_count(celeba_root: Path, capsys: pytest.CaptureFixture) -> None:
@@ -132,3 +136,46 @@ def test_decode_benchmark_prints_a_median_per_worker_count(celeba_root: Path, ca
     assert [line.split(":")[0] for line in lines] == ["1 worker(s)", "2 worker(s)"]
     assert all("images/s" in line and "CPU s per 1,000 images" in line for line in lines)
     assert snapshot(celeba_root) == before
+
+
+def load_script(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, BENCHMARK.with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_checks_smoke_run_does_every_part_but_the_main_job(tmp_path: Path) -> None:
+    gpu_check = load_script("gpu_check")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert gpu_check.main(["--out", str(tmp_path), "--smoke"]) == 0
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    parts = {part["name"]: part for part in report["parts"]}
+    assert list(parts) == ["self-check", "step probe", "benchmark", "main job"]
+    assert parts["self-check"]["status"] == "ok" and parts["self-check"]["figures"]["verdict"] == "passed"
+    assert parts["step probe"]["status"] == "ok" and parts["step probe"]["figures"]["eager"]["ms_per_step"] > 0
+    assert parts["benchmark"]["status"] == "ok" and parts["benchmark"]["figures"]["project_eager"]["img_s"] > 0
+    assert parts["main job"]["status"] == "skipped" and "--smoke runs no main job" in parts["main job"]["reason"]
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert table.count("\n| ") == 5 and "| main job | skipped: --smoke runs no main job" in table
+    assert table in printed.getvalue()
+    assert (tmp_path / "self-check.log").read_text().count("Self-check passed") == 1
+
+
+def test_a_gpu_check_part_over_its_limit_is_stopped_and_said(tmp_path: Path) -> None:
+    gpu_check = load_script("gpu_check")
+    part, _ = gpu_check.run_part("benchmark", [sys.executable, "-c", "import time; print('started'); time.sleep(60)"],
+                                 tmp_path, 2)
+    assert (part.status, part.reason) == ("timed out", "stopped after its limit of 2 s; see benchmark.log")
+    assert part.seconds < 30 and "started" in (tmp_path / "benchmark.log").read_text()
+    assert "| benchmark | timed out: stopped after its limit of 2 s" in gpu_check.markdown(
+        {"device": "X", "torch": "t", "cpus": 1, "date": "d"}, [part])
+
+
+def test_gpu_check_without_cuda_says_so(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert load_script("gpu_check").main(["--out", str(tmp_path)]) == 2
+    assert "no CUDA device here" in capsys.readouterr().err

@@ -103,6 +103,41 @@ def test_a_step_that_never_updates_fails(setup: selfcheck.CheckSetup, monkeypatc
     assert verdict == "FAIL" and "no optimizer update in 2 steps" in measured
 
 
+def test_a_replay_that_reuses_stale_inputs_fails_and_a_fallback_is_said(setup: selfcheck.CheckSetup,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path's capture is replaced by fakes that run its body on the CPU: an honest replay agrees with eager
+    steps; one that keeps training on the batch of its first replay (which the fast path's own first check passes)
+    FAILS; a step that cannot be captured is reported as a fallback, not as a pass of the fast path."""
+    fast_step = pytest.importorskip("celeba_vae.fast_step")
+    if not selfcheck.takes_cuda_graph(helper_train.train_vae_v1):
+        pytest.skip("this train_vae_v1 has no fast path (cuda_graph) yet")
+    fast = [selfcheck.TrainPath("fp32 fast path", "fp32", cuda_graph=True)]
+    name = "fast path vs eager (fp32)"
+    monkeypatch.setattr(fast_step, "graph_unavailable", lambda *args, **kwargs: None)
+    monkeypatch.setattr(fast_step, "capture_step", lambda body, static_input: lambda: body(static_input))
+    measured, verdict = result(selfcheck.step_rows(helper_train.train_vae_v1, helper_train.adam, setup, CPU, fast),
+                               name)
+    assert verdict == "OK" and fast_step.last_step is not None and fast_step.last_step.mode == "cuda graph", measured
+
+    def stale_after_the_first_replay(body: Any, static_input: torch.Tensor) -> Any:
+        kept: list[torch.Tensor] = []
+
+        def replay() -> torch.Tensor:
+            kept.append(kept[0] if kept else static_input.clone())
+            return body(kept[0])
+
+        return replay
+
+    monkeypatch.setattr(fast_step, "capture_step", stale_after_the_first_replay)
+    measured, verdict = result(selfcheck.step_rows(helper_train.train_vae_v1, helper_train.adam, setup, CPU, fast),
+                               name)
+    assert verdict == "FAIL" and "losses" in measured, measured
+    monkeypatch.setattr(fast_step, "graph_unavailable", lambda *args, **kwargs: "no CUDA graphs in this test")
+    measured, verdict = result(selfcheck.step_rows(helper_train.train_vae_v1, helper_train.adam, setup, CPU, fast),
+                               name)
+    assert verdict == "FALLBACK" and measured == "fell back to eager: no CUDA graphs in this test"
+
+
 def test_a_training_loss_off_by_5_percent_fails(setup: selfcheck.CheckSetup, monkeypatch: pytest.MonkeyPatch) -> None:
     real = selfcheck.train_path
 
