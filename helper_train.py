@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,10 @@ from torchvision.utils import make_grid
 
 from celeba_vae.atomic_files import atomic_write
 from celeba_vae.checkpoint import save_weights
+from celeba_vae.decoded_cache import CachedLoader
+from celeba_vae.fast_step import FastStep
 from celeba_vae.precision import full_fp32
-from celeba_vae.training import LOSS_KEYS, EpochLog, TrainingRun, set_up_precision
+from celeba_vae.training import LOSS_KEYS, EpochLog, TrainingRun, choose_step_settings
 from helper_utils import eval_mode
 
 LossFn = Callable[..., torch.Tensor]
@@ -59,14 +62,15 @@ def to_device(
 
 
 def adam(model: torch.nn.Module, lr: float = 5e-4) -> torch.optim.Optimizer:
-    """``torch.optim.Adam(model.parameters(), lr=lr)``, fused where the model is on CUDA.
+    """``torch.optim.Adam(model.parameters(), lr=lr)``, fused and capturable where the model is on CUDA.
 
     Fused Adam takes the fp16 gradient scaler's inf check on the GPU, so a training step on a T4 or V100 does not
-    wait for it and the next batch's copy keeps overlapping; the update is Adam's either way (equal up to
-    rounding). Build it after ``model.to(device)``: a model still on the CPU gets the plain Adam.
+    wait for it; capturable, it keeps its step count on the GPU, so the whole training step can be replayed as a
+    CUDA graph (:mod:`celeba_vae.fast_step`). The update is Adam's either way (equal up to rounding). Build it after
+    ``model.to(device)``: a model still on the CPU gets the plain Adam.
     """
     on_cuda = all(p.device.type == "cuda" for p in model.parameters())
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=True if on_cuda else None)
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=True if on_cuda else None, capturable=on_cuda)
 
 
 @torch.no_grad()
@@ -80,9 +84,12 @@ def evaluate_vae(
     """Per-image ``combined``/``reconstruction``/``kl`` loss over all of ``data_loader``, in eval mode and full fp32
     (no autocast, no TF32), so validation and test losses are comparable whatever precision training used.
 
-    Batch totals are float32 on the device (MPS has no float64) and are summed in float64 on the CPU.
+    Batch totals are float32 on the device (MPS has no float64) and are summed in float64 on the CPU. A split the
+    fast loader holds on the GPU is evaluated in larger batches (see ``CachedLoader.for_evaluation``).
     """
     device = torch.device(device)
+    if isinstance(data_loader, CachedLoader):
+        data_loader = data_loader.for_evaluation()
     batch_totals: list[torch.Tensor] = []
     count = 0
     with eval_mode(model), full_fp32(device):
@@ -159,55 +166,65 @@ def train_vae_v1(num_epochs: int, model: torch.nn.Module, optimizer: torch.optim
                  valid_loader: Iterable | None = None, checkpoint_path: str | Path | None = None,
                  resume: bool = False, settings: dict[str, Any] | None = None, precision: str = "auto",
                  channels_last: bool | None = None, compile: bool = False, progress: bool = True,
-                 epoch_images: EpochImages | None = None) -> dict[str, list[float]]:
+                 epoch_images: EpochImages | None = None, cuda_graph: bool | None = None) -> dict[str, list[float]]:
     """The lecture's training loop: train for ``num_epochs`` and return the log dict (the lecture's call works).
 
     The keyword-only extras are served by :mod:`celeba_vae.training`: ``precision`` (``"auto"``, ``"bf16"``,
     ``"fp16"``, ``"tf32"``, ``"fp32"``), ``channels_last``, ``compile`` (where it can run); ``checkpoint_path``
-    (after every epoch) and ``resume`` (refusing other data than ``settings["data"]``; a new run keeps the files it
-    replaces as backups); ``valid_loader`` (validated in full fp32 unless ``skip_epoch_stats``); ``epoch_images``;
-    ``progress`` (a bar, else the lecture's batch lines). A NaN loss stops training, keeping the last checkpoint.
+    (after every epoch, written while the next epoch trains) and ``resume`` (refusing other data than
+    ``settings["data"]``; a new run keeps the files it replaces as backups); ``valid_loader`` (validated in full fp32
+    unless ``skip_epoch_stats``); ``epoch_images``; ``progress`` (a bar, else the lecture's batch lines);
+    ``cuda_graph`` (None: on CUDA the step is replayed as one CUDA graph where that works and agrees with an eager
+    step, see :mod:`celeba_vae.fast_step`; False: eager; True: asked for, one line where it cannot be). A NaN loss
+    stops training, keeping the last checkpoint.
     """
     device = torch.device(device)
-    setup = set_up_precision(model, optimizer, device, precision, channels_last, compile)
-    run = TrainingRun.start(model, optimizer, setup.scaler, device, num_epochs, checkpoint_path=checkpoint_path,
+    step_settings = choose_step_settings(model, optimizer, device, precision, channels_last, compile)
+    scaler = step_settings.scaler
+    run = TrainingRun.start(model, optimizer, scaler, device, num_epochs, checkpoint_path=checkpoint_path,
                             resume=resume, settings=settings, weights=save_model,
                             epoch_images=epoch_images.folder if epoch_images is not None else None)
     epochs = EpochLog(run, num_epochs, len(train_loader), logging_interval, progress)
 
-    for epoch in range(run.start_epoch, num_epochs):
+    def training_step(features: torch.Tensor) -> torch.Tensor:
+        """One step on a batch; its ``(combined, reconstruction, kl)`` losses, left on the device."""
+        # FORWARD AND BACK PROP
+        with step_settings.precision.autocast():
+            _, z_mean, z_log_var, decoded = step_settings.model(features)
 
-        model.train()
-        with setup.precision.training_flags():
+        # total loss = reconstruction loss + KL divergence
+        loss, pixelwise, kl_div = vae_loss(features, decoded, z_mean, z_log_var,
+                                           reconstruction_term_weight, loss_fn)
+        optimizer.zero_grad(set_to_none=True)
+
+        scaler.scale(loss).backward()  # the scaler multiplies the loss only for fp16
+
+        # UPDATE MODEL PARAMETERS
+        scaler.step(optimizer)
+        scaler.update()
+        return torch.stack((loss, pixelwise, kl_div)).detach()
+
+    step = FastStep(training_step, model, optimizer, scaler, device, cuda_graph, step_settings.model)
+
+    with run.checkpoints_written(), step_settings.precision.training_flags(), contextlib.closing(step):
+        for epoch in range(run.start_epoch, num_epochs):
+
+            model.train()
             for batch_idx, (features, _) in enumerate(train_loader):
 
-                features = to_device(features, device, setup.memory_format)
-
-                # FORWARD AND BACK PROP
-                with setup.precision.autocast():
-                    _, z_mean, z_log_var, decoded = setup.model(features)
-
-                # total loss = reconstruction loss + KL divergence
-                loss, pixelwise, kl_div = vae_loss(features, decoded, z_mean, z_log_var,
-                                                   reconstruction_term_weight, loss_fn)
-                optimizer.zero_grad(set_to_none=True)
-
-                setup.scaler.scale(loss).backward()  # the scaler multiplies the loss only for fp16
-
-                # UPDATE MODEL PARAMETERS
-                setup.scaler.step(optimizer)
-                setup.scaler.update()
+                features = to_device(features, device, step_settings.memory_format)
+                losses = step(features)  # replayed as a CUDA graph, or run eagerly: the same training_step
 
                 # LOGGING
-                epochs.log_batch(epoch, batch_idx, loss, pixelwise, kl_div)
+                epochs.log_batch(epoch, batch_idx, losses)
 
-        valid_losses = None
-        if not skip_epoch_stats and valid_loader is not None:
-            valid_losses = evaluate_vae(model, valid_loader, device, loss_fn, reconstruction_term_weight)
-        epochs.end_epoch(epoch, valid_losses)
-        if epoch_images is not None:
-            epoch_images.save(model, device, epoch + 1)
-        run.save_checkpoint(model, optimizer, setup.scaler, epoch + 1)
+            valid_losses = None
+            if not skip_epoch_stats and valid_loader is not None:
+                valid_losses = evaluate_vae(model, valid_loader, device, loss_fn, reconstruction_term_weight)
+            epochs.end_epoch(epoch, valid_losses)
+            if epoch_images is not None:
+                epoch_images.save(model, device, epoch + 1)
+            run.save_checkpoint(model, optimizer, scaler, epoch + 1)
 
     epochs.finish()
     if save_model is not None:

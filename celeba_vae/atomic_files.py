@@ -1,7 +1,8 @@
 """Files written atomically: readers see the old file or the whole new one, never half of it.
 
 Also what guards such a write: :func:`check_free_space` before it starts, and :func:`remove_stale_temporaries` for
-the temporary files of writers that were killed (a kernel restart, a full disk's SIGBUS).
+the temporary files of writers that were killed (a kernel restart, a full disk's SIGBUS); and
+:class:`BackgroundWriter`, which makes such writes on a thread while training goes on.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import glob
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -22,7 +24,7 @@ try:
 except ImportError:  # Windows: there a file that a live process holds open cannot be removed, which says as much
     fcntl = None  # type: ignore[assignment]
 
-GIB = 1 << 30
+GIB = 1 << 30  # the project's one definition of a GiB
 
 
 @functools.cache
@@ -166,3 +168,38 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             raise _not_written(path, err) from err
     return path
 
+
+
+class BackgroundWriter:
+    """:func:`atomic_write` calls made one at a time on a background thread, so the caller goes on meanwhile.
+
+    :meth:`submit` first waits for the write before it; :meth:`wait` waits for the last one. Either raises the error
+    of a write that failed (its file untouched, see :func:`atomic_path`), in the caller's thread. ``write`` must
+    only read what nothing changes meanwhile (copies made before :meth:`submit`).
+    """
+
+    def __init__(self, name: str = "background write") -> None:
+        self.name = name
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def submit(self, path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+        """Wait for the previous write (raising its error), then start writing ``path`` through ``write``."""
+        self.wait()
+        self.thread = threading.Thread(target=self._write, args=(Path(path), write), name=self.name)
+        self.thread.start()
+
+    def _write(self, path: Path, write: Callable[[IO[bytes]], None]) -> None:
+        try:
+            atomic_write(path, write)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread by wait()
+            self.error = err
+
+    def wait(self) -> None:
+        """Wait until the last write is done; raise its error, if it failed."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        error, self.error = self.error, None
+        if error is not None:
+            raise error

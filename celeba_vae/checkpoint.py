@@ -70,6 +70,46 @@ def restore_rng_states(states: dict[str, Any], device: str | torch.device | None
         torch.mps.set_rng_state(states["mps"].to("cpu", torch.uint8))
 
 
+def _cpu_copy(value: Any) -> Any:
+    """``value`` with every tensor in it (nested in dicts, lists, tuples) copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu_copy(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_cpu_copy(v) for v in value)
+    return value
+
+
+def checkpoint_contents(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    epoch: int = 0,
+    log_dict: dict[str, list[float]] | None = None,
+    settings: dict[str, Any] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """The checkpoint dict :func:`save_checkpoint` writes, as a copy on the CPU that training can go on beside:
+    model, optimizer, completed ``epoch``, RNG states (those of the model's device among the GPU generators, see
+    :func:`rng_states`), log, settings, the fp16 gradient ``scaler`` (when one is enabled) and the ``run_id`` of the
+    training run that wrote it (a new one when none is given)."""
+    model = getattr(model, "_orig_mod", model)
+    parameter = next(model.parameters(), None)
+    return _cpu_copy({
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": epoch,
+        "rng": rng_states(parameter.device if parameter is not None else None),
+        "log": {k: list(v) for k, v in (log_dict or {}).items()},
+        "settings": {**(settings or {}), **model.settings()} if isinstance(model, VAE) else dict(settings or {}),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "run_id": run_id or uuid.uuid4().hex,
+    })
+
+
 def save_checkpoint(
     path: str | Path,
     model: torch.nn.Module,
@@ -81,22 +121,9 @@ def save_checkpoint(
     scaler: torch.amp.GradScaler | None = None,
     run_id: str | None = None,
 ) -> Path:
-    """Atomically save model, optimizer, completed ``epoch``, RNG states (those of the model's device among the GPU
-    generators, see :func:`rng_states`), log, settings, the fp16 gradient ``scaler`` (when one is enabled) and the
-    ``run_id`` of the training run that wrote it (a new one when none is given)."""
-    model = getattr(model, "_orig_mod", model)
-    parameter = next(model.parameters(), None)
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "epoch": epoch,
-        "rng": rng_states(parameter.device if parameter is not None else None),
-        "log": log_dict or {},
-        "settings": {**(settings or {}), **model.settings()} if isinstance(model, VAE) else dict(settings or {}),
-        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-        "run_id": run_id or uuid.uuid4().hex,
-    }
+    """Atomically save the :func:`checkpoint_contents` of ``model`` and the rest."""
+    checkpoint = checkpoint_contents(model, optimizer, epoch=epoch, log_dict=log_dict, settings=settings,
+                                     scaler=scaler, run_id=run_id)
     return atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import errno
 import functools
@@ -395,6 +396,20 @@ class CachedLoader:
         n = len(self.split)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def for_evaluation(self) -> CachedLoader:
+        """This loader with larger batches where the split is on the GPU, as many images as
+        :func:`gpu_budget.evaluation_batch_size` allows (at most 1024): evaluation keeps no activations for a
+        backward pass, and in eval mode an image's losses do not depend on its batch. Nothing is copied."""
+        if not self.on_gpu:
+            return self
+        free = gpu_budget.free_gpu_bytes(self.device) if self.device.type == "cuda" else None
+        size = gpu_budget.evaluation_batch_size(free, self.batch_size)
+        if size == self.batch_size:
+            return self
+        larger = copy.copy(self)
+        larger.batch_size = size
+        return larger
+
     def batch_rows(self) -> torch.Tensor:
         """The rows of one epoch, batch after batch: shuffled (when ``shuffle``) by PyTorch's CPU generator, each
         batch's rows in increasing order (the memory map is then read forward).
@@ -410,7 +425,8 @@ class CachedLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.batch_rows()
         if self.on_gpu:
-            order = order.to(self.device)
+            if self.device.type == "cuda":  # the epoch's order in one copy that the host does not wait for
+                order = order.pin_memory().to(self.device, non_blocking=True)
             for b in range(len(self)):
                 idx = order[b * self.batch_size:(b + 1) * self.batch_size]
                 yield self.images[idx].float().div_(255), self.attributes[idx].long()

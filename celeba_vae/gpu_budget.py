@@ -12,15 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
-from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES
+from celeba_vae.atomic_files import GIB
 from model import VAE
 
-GIB = 1 << 30
 IMAGE_SHAPE = (3, 128, 128)
 BYTES_PER_VALUE = {"auto": 2, "bf16": 2, "fp16": 2, "tf32": 4, "fp32": 4}
 SAFETY_MARGIN_BYTES = GIB
-CONTEXT_BYTES = GIB // 2
 DATA_ON_GPU = ("auto", True, False)
+EVALUATION_BATCH_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -84,6 +83,18 @@ def training_step_bytes(batch_size: int, precision: str) -> int:
     return batch_size * activation_bytes_per_image(precision) + state + SAFETY_MARGIN_BYTES
 
 
+def evaluation_batch_size(free_bytes: int | None, batch_size: int, largest: int = EVALUATION_BATCH_SIZE) -> int:
+    """The batch size to evaluate a GPU-resident split at: up to ``largest`` images where half of ``free_bytes``
+    holds their fp32 forward pass without gradients (the float batch, two layer outputs of the largest size, the
+    reconstruction and its squared error: 1.7 MB an image), never fewer than ``batch_size``; ``free_bytes`` None
+    (not CUDA: nothing to measure) allows ``largest``."""
+    _, largest_layer, _ = _layer_outputs()
+    image = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
+    per_image = (2 * largest_layer + 3 * image) * 4
+    room = largest if free_bytes is None else free_bytes // 2 // per_image
+    return max(batch_size, min(largest, room))
+
+
 def _gib(n: int) -> str:
     return f"{n / GIB:.2f} GiB"
 
@@ -129,28 +140,6 @@ def plan_placement(
     else:
         decision = "in pinned host memory, prefetched (does not fit)"
     return Placement(on_gpu, f"{sizes} -> {decision}")
-
-
-def placement_table(
-    cards_gb: tuple[int, ...] = (8, 12, 16, 24), batch_size: int = 256, precisions: tuple[str, ...] = ("bf16", "fp32")
-) -> str:
-    """A Markdown table: which full-size CelebA splits :func:`plan_placement` puts on cards of ``cards_gb``.
-
-    A card of X GB is taken to have X GiB, of which ``CONTEXT_BYTES`` (0.5 GiB) go to the CUDA context; each split
-    is judged alone, and "all three" means the three together.
-    """
-    image = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
-    sizes = {name: n * image for name, n in OFFICIAL_SPLIT_SIZES.items()}
-    sizes["all three"] = sum(sizes.values())
-    lines = [f"| card | precision | room for batch {batch_size} | " + " | ".join(
-        f"{name} ({_gib(size)})" for name, size in sizes.items()) + " |", "|---" * (3 + len(sizes)) + "|"]
-    for card in cards_gb:
-        free = card * GIB - CONTEXT_BYTES
-        for precision in precisions:
-            room = training_step_bytes(batch_size, precision)
-            cells = ["GPU" if size <= free - room else "host" for size in sizes.values()]
-            lines.append(f"| {card} GB | {precision} | {_gib(room)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def free_gpu_bytes(device: torch.device) -> int:

@@ -45,14 +45,30 @@ class Precision:
         return f"Precision: {_DESCRIPTIONS[self.name]} ({self.reason})"
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Autocast for the forward pass of a training step (a no-op for fp32 and tf32)."""
+        """Autocast for the forward pass of a training step (a no-op for fp32 and tf32).
+
+        Without autocast's weight cache: each weight is cast once per forward pass anyway (the cache dies when the
+        block ends), and a step captured as a CUDA graph must not keep casts made during the capture."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype, cache_enabled=False)
 
-    def training_flags(self) -> contextlib.AbstractContextManager:
-        """The global TF32 flags for the training steps, restored afterwards (only CUDA has them)."""
-        return tf32_enabled(self.tf32) if self.device_type == "cuda" else contextlib.nullcontext()
+    @contextlib.contextmanager
+    def training_flags(self) -> Iterator[None]:
+        """The global flags for training, restored afterwards (only CUDA has them): TF32 as the precision says, and
+        cuDNN's autotuner (``cudnn.benchmark``: the fastest convolution algorithms for the step's fixed shapes),
+        unless deterministic algorithms were asked for (``helper_utils.set_deterministic``)."""
+        if self.device_type != "cuda":
+            yield
+            return
+        saved = torch.backends.cudnn.benchmark
+        deterministic = torch.backends.cudnn.deterministic or torch.are_deterministic_algorithms_enabled()
+        torch.backends.cudnn.benchmark = saved or not deterministic
+        try:
+            with tf32_enabled(self.tf32):
+                yield
+        finally:
+            torch.backends.cudnn.benchmark = saved
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A gradient scaler, enabled only for fp16 (bf16 and fp32 need none)."""

@@ -1,14 +1,16 @@
 """The machinery around the lecture's training loop (``helper_train.train_vae_v1``), one concern each:
-the precision set-up (:func:`set_up_precision`), starting, resuming and backing up a run and writing its checkpoints
-(:class:`TrainingRun`), and the epoch bookkeeping: log dict, averages, printed lines, NaN check
-(:class:`EpochLog`)."""
+how the steps run (:func:`choose_step_settings`: precision, scaler, memory format, compile), starting, resuming and
+backing up a run and writing its checkpoints off the training thread (:class:`TrainingRun`), and the epoch
+bookkeeping: log dict, averages, printed lines, NaN check (:class:`EpochLog`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from celeba_vae.checkpoint import check_settings, load_checkpoint, restore_rng_states, save_checkpoint
+from celeba_vae.atomic_files import BackgroundWriter
+from celeba_vae.checkpoint import check_settings, checkpoint_contents, load_checkpoint, restore_rng_states
 from celeba_vae.precision import Precision, choose_precision, compile_unavailable
 
 LOSS_KEYS = ("combined", "reconstruction", "kl")
@@ -24,7 +27,7 @@ OPTIMIZER_FLAGS = ("fused", "foreach", "capturable")
 
 
 @dataclass(frozen=True)
-class PrecisionSetup:
+class StepSettings:
     """How the training steps run: the ``precision`` (autocast, TF32 flags), its gradient ``scaler`` (enabled only
     for fp16), the batches' ``memory_format`` and the ``model`` the steps call (compiled or the model itself)."""
 
@@ -34,14 +37,14 @@ class PrecisionSetup:
     model: torch.nn.Module
 
 
-def set_up_precision(
+def choose_step_settings(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     precision: str = "auto",
     channels_last: bool | None = None,
     compile: bool = False,
-) -> PrecisionSetup:
+) -> StepSettings:
     """Choose the precision (one printed line says which and why, see
     :func:`celeba_vae.precision.choose_precision`), move ``model`` to ``device`` in channels-last memory format
     (default on CUDA and CPU) and compile it where ``torch.compile`` can run (elsewhere one line says why not)."""
@@ -61,7 +64,7 @@ def set_up_precision(
             step_model = torch.compile(model)
         else:
             print(f"torch.compile: not used, {reason}; training runs without it")
-    return PrecisionSetup(chosen, scaler, memory_format, step_model)
+    return StepSettings(chosen, scaler, memory_format, step_model)
 
 
 def new_log() -> dict[str, list[float]]:
@@ -113,6 +116,7 @@ class TrainingRun:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     start_epoch: int = 0
     log: dict[str, list[float]] = field(default_factory=new_log)
+    writer: BackgroundWriter = field(default_factory=lambda: BackgroundWriter("checkpoint writer"))
 
     @classmethod
     def start(
@@ -172,31 +176,45 @@ class TrainingRun:
     def save_checkpoint(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, epoch: int
     ) -> None:
-        """Write the checkpoint after ``epoch`` epochs (atomically; nothing without a ``checkpoint_path``)."""
+        """Copy the state after ``epoch`` epochs to the CPU now and write it as the checkpoint (atomically) on a
+        background thread while training goes on; nothing without a ``checkpoint_path``. The previous write is
+        waited for first, and its error, if any, raised here (see :meth:`checkpoints_written`)."""
         if self.checkpoint_path is not None:
-            save_checkpoint(self.checkpoint_path, model, optimizer, epoch=epoch, log_dict=self.log,
-                            settings=self.settings, scaler=scaler, run_id=self.run_id)
+            contents = checkpoint_contents(model, optimizer, epoch=epoch, log_dict=self.log, settings=self.settings,
+                                           scaler=scaler, run_id=self.run_id)
+            self.writer.submit(self.checkpoint_path, lambda f: torch.save(contents, f))
+
+    @contextlib.contextmanager
+    def checkpoints_written(self) -> Iterator[None]:
+        """The block of training: when it ends, also by an error or an interrupt, the last checkpoint is wholly
+        written (or its write error raised) before anything else happens."""
+        try:
+            yield
+        finally:
+            self.writer.wait()
 
 
 class EpochLog:
-    """The epoch bookkeeping of a run: per-batch losses kept on the device and read back (and checked for NaN) every
-    ``logging_interval`` steps, per-epoch averages, one progress bar for the whole run and one printed line per epoch
-    (about 20 of them in long runs; the log dict holds every epoch). Without ``progress`` the lecture's batch lines
-    are printed instead of the bar."""
+    """The epoch bookkeeping of a run: per-batch losses kept on the device and read back (and checked for NaN) once
+    every ``logging_interval`` steps, per-epoch averages, one progress bar for the whole run and one printed line per
+    epoch (about 20 of them in long runs; the log dict holds every epoch). Without ``progress`` the lecture's batch
+    lines are printed instead of the bar."""
 
     def __init__(self, run: TrainingRun, num_epochs: int, num_batches: int, logging_interval: int,
                  progress: bool) -> None:
         self.run, self.log = run, run.log
         self.num_epochs, self.num_batches, self.logging_interval = num_epochs, num_batches, logging_interval
         self.pending: list[torch.Tensor] = []
+        self.host: torch.Tensor | None = None  # pinned on CUDA: the losses of an interval come back in one copy
         self.epoch_start = len(self.log["train_combined_loss_per_batch"])
         self.print_every = -(-num_epochs // 20)
         self.bar = tqdm(total=max(0, num_epochs - run.start_epoch) * num_batches, disable=not progress, leave=False)
         self.start_time = time.time()
 
-    def log_batch(self, epoch: int, batch_idx: int, *losses: torch.Tensor) -> None:
-        """Keep a step's ``(combined, reconstruction, kl)`` losses; read them back every ``logging_interval`` steps."""
-        self.pending.append(torch.stack(losses).detach())
+    def log_batch(self, epoch: int, batch_idx: int, losses: torch.Tensor) -> None:
+        """Keep a step's ``(combined, reconstruction, kl)`` losses, a (3,) tensor left on its device; read them back
+        every ``logging_interval`` steps."""
+        self.pending.append(losses)
         if len(self.pending) == self.logging_interval or batch_idx == self.num_batches - 1:
             values = self._read_back(epoch, batch_idx)
             self.bar.set_description(f"epoch {epoch + 1}/{self.num_epochs}", refresh=False)
@@ -208,8 +226,9 @@ class EpochLog:
                       f"| Loss: {values[-1, 0]:.4f}")
 
     def _read_back(self, epoch: int, batch_idx: int) -> torch.Tensor:
-        """Copy the pending losses to the host in one sync, check them and append them to the log."""
-        values = torch.stack(self.pending).cpu()
+        """Copy the pending losses to the host (the interval's one wait for the device), check them and append them
+        to the log."""
+        values = self.to_host(torch.stack(self.pending))
         self.pending.clear()
         if not torch.isfinite(values).all():
             self.bar.close()
@@ -223,6 +242,19 @@ class EpochLog:
         for key, column in zip(LOSS_KEYS, values.T.tolist(), strict=True):
             self.log[f"train_{key}_loss_per_batch"].extend(column)
         return values
+
+    def to_host(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` on the CPU: from CUDA through a pinned buffer (grown as needed), waiting for the device once;
+        elsewhere as they are (MPS has no pinned memory)."""
+        if values.device.type != "cuda":
+            return values.cpu()
+        if self.host is None or len(self.host) < len(values):
+            self.host = torch.empty((max(len(values), self.logging_interval), *values.shape[1:]), dtype=values.dtype,
+                                    pin_memory=True)
+        host = self.host[:len(values)]
+        host.copy_(values, non_blocking=True)
+        torch.cuda.current_stream(values.device).synchronize()
+        return host.clone()
 
     def end_epoch(self, epoch: int, valid: dict[str, float] | None = None) -> None:
         """Record the epoch's average training losses and ``valid`` losses; print its line when it is due."""

@@ -259,3 +259,25 @@ def test_a_split_is_uploaded_once_while_a_loader_holds_it(celeba_copy: Path, mon
     gc.collect()
     decoded_cache.device_copy(decoded, "cpu")
     assert len(uploads) == 3
+
+
+def test_a_split_on_the_gpu_is_evaluated_in_larger_batches_to_the_same_losses(
+    celeba_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celeba_vae import gpu_budget
+    from helper_train import evaluate_vae
+    from model import VAE
+
+    decoded = build_decoded_cache(celeba_copy, "valid", num_workers=1, progress=False)
+    monkeypatch.setattr(gpu_budget, "plan_placement", lambda *args, **kwargs: gpu_budget.Placement(True, "stand-in"))
+    loader = CachedLoader(decoded, batch_size=2)  # the GPU-resident path, with the split "uploaded" to the CPU
+    assert loader.on_gpu and len(decoded) > 2
+    model = VAE(latent_dim=8)
+    sizes: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
+    larger = evaluate_vae(model, loader, "cpu")
+    assert sizes == [len(decoded)]
+    in_twos = evaluate_vae(model, list(loader), "cpu")
+    assert sizes[1:] == [len(images) for images, _ in loader]
+    assert larger == pytest.approx(in_twos, rel=1e-3)  # float32 sums in other groupings
+    assert loader.batch_size == 2 and len(loader) == -(-len(decoded) // 2)

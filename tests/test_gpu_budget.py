@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from celeba_vae import gpu_budget
+from celeba_vae.atomic_files import GIB
 from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES
-from celeba_vae.gpu_budget import GIB, plan_placement, training_step_bytes
+from celeba_vae.gpu_budget import plan_placement, training_step_bytes
 
 IMAGE_BYTES = 3 * 128 * 128
 SPLIT_BYTES = {name: n * IMAGE_BYTES for name, n in OFFICIAL_SPLIT_SIZES.items()}
@@ -77,8 +78,10 @@ def test_activation_estimate_counts_the_tensors_the_vae_layers_create() -> None:
         gpu_budget.activation_bytes_per_image("fp8")
 
 
-def test_table_of_cards() -> None:
-    table = gpu_budget.placement_table().splitlines()
-    assert len(table) == 2 + 4 * 2
-    assert table[2].startswith("| 8 GB | bf16 |") and table[2].endswith("| host | GPU | GPU | host |")
-    assert table[-1].startswith("| 24 GB | fp32 |") and table[-1].endswith("| GPU | GPU | GPU | GPU |")
+
+def test_evaluation_batches_grow_to_1024_where_half_the_free_memory_holds_them() -> None:
+    per_image = (2 * 32 * 65 * 65 + 3 * IMAGE_BYTES) * 4  # two of the largest layer outputs, batch, output, error
+    assert gpu_budget.evaluation_batch_size(80 * GIB, 256) == 1024
+    assert gpu_budget.evaluation_batch_size(GIB, 256) == (GIB // 2) // per_image == 321
+    assert gpu_budget.evaluation_batch_size(GIB // 4, 256) == 256
+    assert gpu_budget.evaluation_batch_size(None, 16) == 1024

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -10,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from celeba_vae.checkpoint import checkpoint_run_id, load_checkpoint, save_checkpoint
+from celeba_vae import atomic_files
+from celeba_vae.checkpoint import checkpoint_contents, checkpoint_run_id, load_checkpoint, save_checkpoint
 from helper_plotting import save_epoch_gif
 from helper_train import EpochImages, train_vae_v1
 from helper_utils import set_all_seeds
@@ -187,3 +190,59 @@ def test_an_epoch_shorter_than_its_loaders_len_still_logs_every_batch() -> None:
     per_batch = log["train_combined_loss_per_batch"]
     assert len(per_batch) == 2
     assert log["train_combined_loss_per_epoch"] == [pytest.approx(sum(per_batch) / 2)]
+
+
+def test_checkpoints_are_written_on_a_background_thread_and_done_when_training_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writers: list[str] = []
+    real_write = atomic_files.atomic_write
+
+    def recording(path: Path, write: Any) -> Path:
+        writers.append(threading.current_thread().name)
+        return real_write(path, write)
+
+    monkeypatch.setattr(atomic_files, "atomic_write", recording)
+    _train(tmp_path, 2)
+    assert writers == ["checkpoint writer"] * 2 and threading.current_thread().name not in writers
+    assert not any(thread.name == "checkpoint writer" for thread in threading.enumerate())
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 2
+
+
+def test_a_checkpoint_write_that_fails_stops_training_with_its_error_and_keeps_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "checkpoint.pt"
+    model = VAE(latent_dim=8)
+    optimizer = torch.optim.Adam(model.parameters())
+    train_vae_v1(1, model, optimizer, "cpu", _batches(1), checkpoint_path=path, progress=False)
+    good = path.read_bytes()
+
+    def disk_full(obj: object, f: Any, *args: Any, **kwargs: Any) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match=r"could not write .*checkpoint.pt \(No space left on device\); the previous "
+                                      "file, if any, is intact"):
+        train_vae_v1(3, model, optimizer, "cpu", _batches(1), checkpoint_path=path, resume=True, progress=False)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_checkpoint_contents_are_cpu_copies_that_training_cannot_change() -> None:
+    """The checkpoint is written while the next epoch trains: what it holds must not move with the model."""
+    model = VAE(latent_dim=8)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.rand(2, 3, 128, 128))[0].sum().backward()
+    optimizer.step()
+    log = {"epoch": [1]}
+    contents = checkpoint_contents(model, optimizer, epoch=1, log_dict=log)
+    weight, moment = contents["model"]["z_mean.weight"].clone(), contents["optimizer"]["state"][0]["exp_avg"].clone()
+    with torch.no_grad():
+        model.z_mean.weight.add_(1.0)
+        optimizer.state[next(model.parameters())]["exp_avg"].add_(1.0)
+    log["epoch"].append(2)
+    assert torch.equal(contents["model"]["z_mean.weight"], weight)
+    assert torch.equal(contents["optimizer"]["state"][0]["exp_avg"], moment)
+    assert contents["log"] == {"epoch": [1]} and contents["epoch"] == 1
