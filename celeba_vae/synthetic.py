@@ -38,7 +38,7 @@ HAIR = {"Black_Hair": (25, 20, 18), "Blond_Hair": (225, 190, 110), "Brown_Hair":
         "Gray_Hair": (170, 170, 170), None: (60, 40, 30)}
 HAIR_CHOICES = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair", "Bald", None)
 HAIR_RATES = (0.24, 0.15, 0.2, 0.04, 0.02, 0.35)
-NOISE_BLOCK = 64  # faces whose pixel noise one generator draws; rendering chunks are whole blocks
+NOISE_BLOCK = 64  # faces whose pixel noise one generator draws
 CHUNK = 8 * NOISE_BLOCK
 
 
@@ -80,7 +80,7 @@ def render_batch(attributes: np.ndarray, params: np.ndarray, base: int, start: i
 
     Each face part is painted as a layer number into one (N, H, W) map, and each face's palette gives the layers their
     colours. Face ``start + k`` gets pixel noise from block ``(start + k) // NOISE_BLOCK`` of seed ``base``, so the
-    faces do not depend on how they are batched; ``start`` must be a multiple of :data:`NOISE_BLOCK`.
+    faces do not depend on how they are batched.
     """
     n = len(attributes)
     has = {name: torch.from_numpy(attributes[:, i].astype(bool)).to(device).view(n, 1, 1) for name, i in A.items()}
@@ -162,11 +162,15 @@ def _write_faces(folder: Path, names: list[str], pixels: np.ndarray) -> None:
         (folder / name).write_bytes(_jpeg(face))
 
 
+def _pool_size(jobs: int) -> int:
+    return max(1, min(os.cpu_count() or 1, jobs))
+
+
 def render_faces_to_files(folder: Path, names: list[str], attributes: np.ndarray, params: np.ndarray, base: int,
                           device: str | torch.device = "cpu") -> None:
     """Render :data:`CHUNK` faces at a time (:func:`render_batch`) while the JPEGs of the chunk before are encoded and
     written on one thread per CPU (PIL lets go of the GIL while it encodes); at most two chunks are in memory."""
-    threads = os.cpu_count() or 1
+    threads = _pool_size(len(names))
     with ThreadPoolExecutor(threads, thread_name_prefix="synthetic-faces") as pool:
         writing: list = []
         for start in range(0, len(names), CHUNK):

@@ -138,14 +138,16 @@ def test_a_replay_that_reuses_stale_inputs_fails_and_a_fallback_is_said(setup: s
     assert verdict == "FALLBACK" and measured == "fell back to eager: no CUDA graphs in this test"
 
 
-def test_a_training_loss_off_by_5_percent_fails(setup: selfcheck.CheckSetup, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_training_loss_beyond_the_seeds_spread_fails(setup: selfcheck.CheckSetup,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 steps of 4 images leave fp32's random streams a few percent apart: a path 50% off is beyond that."""
     real = selfcheck.train_path
 
     def perturbed(train_step: selfcheck.TrainStep, make_optimizer: selfcheck.MakeOptimizer,
                   path: selfcheck.TrainPath, *args: Any, **kwargs: Any) -> selfcheck.PathResult:
         run = real(train_step, make_optimizer, path, *args, **kwargs)
         if path.precision == "bf16":
-            run.losses = [loss * 1.05 for loss in run.losses]
+            run.losses = [loss * 1.5 for loss in run.losses]
         return run
 
     monkeypatch.setattr(selfcheck, "train_path", perturbed)
