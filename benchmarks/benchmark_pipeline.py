@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = get_device(args.device)
     scratch = Path(tempfile.mkdtemp(prefix="celeba-bench-"))
-    say(f"benchmark on {device_name(device)} ({device.type}), {os.cpu_count()} CPUs, torch {torch.__version__}")
+    card = device_name(device) if device.type != "cpu" else cpu_description()["cpu_model"] or "a CPU"
+    say(f"benchmark on {card} ({device.type}), {os.cpu_count()} CPUs, torch {torch.__version__}")
     try:
         return run(args, device, Path(args.data_root) if args.data_root else scratch / "data", scratch)
     finally:
@@ -359,10 +360,12 @@ def run(args: argparse.Namespace, device: torch.device, workdir: Path, scratch: 
     paths = {"eager": {"cuda_graph": False} if takes_cuda_graph(train_vae_v1) else {}}
     if args.compile:
         paths["eager + compile"] = {**paths["eager"], "compile": True}
-    if takes_cuda_graph(train_vae_v1):
-        paths["fast path"] = {"cuda_graph": True}
-    else:
+    if not takes_cuda_graph(train_vae_v1):
         say("fast path: this train_vae_v1 has no cuda_graph switch; not timed")
+    elif device.type != "cuda":
+        say(f"fast path: CUDA graphs need CUDA; not timed on {device.type} (it would run the eager step)")
+    else:
+        paths["fast path"] = {"cuda_graph": True}
     for name, options in paths.items():
         say(f"project {name}: {args.train_steps} steps timed (the slope of two training calls)")
         results[f"project_{name}"] = step = project_step(splits["train"], batch, device, args.train_steps, options)

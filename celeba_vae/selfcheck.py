@@ -140,10 +140,12 @@ def supported_paths(device: torch.device) -> tuple[list[TrainPath], list[str]]:
             paths.append(TrainPath("bf16", "bf16"))
         except (RuntimeError, TypeError):
             pass
-        return paths, ["torch.compile: skipped on MPS", "data: MPS has no separate GPU copy of the split"]
+        return paths, ["torch.compile: skipped on MPS", "data: MPS has no separate GPU copy of the split",
+                       "fast path (CUDA graph): skipped, CUDA only"]
     return [TrainPath("fp32", "fp32"), TrainPath("bf16", "bf16")], [
         "no CUDA or MPS device found: checking the CPU paths only",
-        "torch.compile: skipped on CPU (compiling its C++ kernels takes minutes)"]
+        "torch.compile: skipped on CPU (compiling its C++ kernels takes minutes)",
+        "fast path (CUDA graph): skipped, CUDA only"]
 
 
 def synchronize(device: torch.device) -> None:
