@@ -142,6 +142,7 @@ def load_script(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(name, BENCHMARK.with_name(f"{name}.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
