@@ -410,7 +410,7 @@ def step_row(path: TrainPath, results: list[StepResult], references: list[StepRe
     update_name, update_dev = worst({name: max(relative(r.updates[name], adam_first_update(r.grads[name]))
                                                for r in results) for name in references[0].grads})
     measured = f"loss {loss_dev:.4%}, grad {grad_dev:.3%} ({grad_name}), update {update_dev:.2%} ({update_name})"
-    limit = f"{loss_limit:.3%}, {grad_limit:.2%}, {UPDATE_LIMIT:.1%}"
+    limit = f"{loss_limit * 100:.2g}%, {grad_limit * 100:.2g}%, {UPDATE_LIMIT * 100:.2g}%"
     ok = loss_dev <= loss_limit and grad_dev <= grad_limit and update_dev <= UPDATE_LIMIT
     return (f"one step: {path.name}", "-", "-", measured, limit, "OK" if ok else "FAIL")
 
@@ -639,9 +639,9 @@ def run_self_check(train_step: TrainStep, device: torch.device, make_optimizer: 
                         resume_batches, folder)
     finally:
         remove_scratch_folder(folder)
-    print(f"{'check':<34}{'images/s':>11}{'memory':>12}  {'measured':<62}{'limit':<24}result")
+    print(f"{'check':<34}{'images/s':>11}{'memory':>12}  {'result':<9}{'limit':<22}measured")
     for name, speed, peak, measured, limit, result in rows:
-        print(f"{name:<34}{speed:>11}{peak:>12}  {measured:<62}{limit:<24}{result}")
+        print(f"{name:<34}{speed:>11}{peak:>12}  {result:<9}{limit:<22}{measured}")
     failed = [row for row in rows if row[-1] == "FAIL"]
     fallbacks = [row for row in rows if row[-1] == "FALLBACK"]
     print(f"Self-check {'FAILED' if failed else 'passed'}: {len(rows) - len(failed)} of {len(rows)} OK"

@@ -156,6 +156,8 @@ def test_the_gpu_checks_smoke_run_does_every_part_but_the_main_job(tmp_path: Pat
     parts = {part["name"]: part for part in report["parts"]}
     assert list(parts) == ["self-check", "step probe", "benchmark", "main job"]
     assert parts["self-check"]["status"] == "ok" and parts["self-check"]["figures"]["verdict"] == "passed"
+    assert [row[:34].strip() for row in parts["self-check"]["figures"]["table"]][:2] == [
+        "resume 1+1 vs 2 epochs (fp32)", "one step: fp32"]
     assert parts["step probe"]["status"] == "ok" and parts["step probe"]["figures"]["eager"]["ms_per_step"] > 0
     assert parts["benchmark"]["status"] == "ok" and parts["benchmark"]["figures"]["project_eager"]["img_s"] > 0
     assert parts["main job"]["status"] == "skipped" and "--smoke runs no main job" in parts["main job"]["reason"]
