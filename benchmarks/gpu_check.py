@@ -26,11 +26,12 @@ from the repository root::
     printf '/.device/\\n' >> .git/info/exclude; mkdir -p .device/whl
     pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
-      --platform manylinux_2_5_x86_64 -d .device/whl $(cat ../shared/device_wheels.txt)
+      --platform manylinux_2_5_x86_64 -d .device/whl $(cat /work/shared/device_wheels.txt)
 
-then one device call with ``carry [".device"]`` and ``timeout_s`` 560, command::
+(the workplace's list of the notebooks' packages and their dependencies), then one device call with
+``carry [".device"]`` and ``timeout_s`` 560, command::
 
-    pip install -q --no-index --no-deps --target /tmp/site .device/whl/*.whl && \\
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/whl/*.whl && \\
       PYTHONPATH=/tmp/site:$PWD python3 benchmarks/gpu_check.py --out $OUT
 
 (``--data-root`` a CelebA folder carried along, e.g. one built from real faces, for the main job on real data).
