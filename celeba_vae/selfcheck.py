@@ -348,7 +348,7 @@ def one_step(train_step: TrainStep, make_optimizer: MakeOptimizer, path: TrainPa
         if found_inf is not None and bool(found_inf.sum() > 0):  # a fused optimizer's skipped step
             return
         for param, name in names.items():
-            grad = param.grad.detach().float()
+            grad = (param.grad if param.grad is not None else torch.zeros_like(param)).detach().float()
             grads[name] = (grad / scale.float() if scale is not None else grad).cpu().clone()  # fused: unscaled inside
 
     hook = optimizer.register_step_pre_hook(record_gradients)
