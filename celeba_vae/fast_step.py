@@ -55,9 +55,12 @@ def graph_unavailable(
 
 def capture_step(body: Step, static_input: torch.Tensor) -> Callable[[], torch.Tensor]:
     """Capture ``body(static_input)`` as a CUDA graph; returns ``replay()``, which runs the graph on what
-    ``static_input`` holds then and returns its (3,) loss buffer (overwritten by the next replay)."""
+    ``static_input`` holds then and returns its (3,) loss buffer (overwritten by the next replay).
+
+    Only this thread is held to the capture's rules ("thread_local"): the checkpoint writer, or the pin-memory
+    thread of a user's DataLoader, may go on meanwhile."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.device(static_input.device), torch.cuda.graph(graph):
+    with torch.cuda.device(static_input.device), torch.cuda.graph(graph, capture_error_mode="thread_local"):
         static_losses = body(static_input)
 
     def replay() -> torch.Tensor:
@@ -123,7 +126,8 @@ class FastStep:
 
     ``mode`` is ``"cuda graph"`` once full batches are replayed, else ``"eager"``; ``reason`` says why eager
     (``""`` in graph mode); ``difference`` is the first replay's largest relative difference from an eager step (loss
-    or a tensor's update), None before that check. ``model``, ``optimizer`` and ``scaler`` are what ``body`` updates.
+    or a tensor's update), None before that check. ``model``, ``optimizer`` and ``scaler`` are what ``body`` updates;
+    ``step_model`` is the model ``body`` calls, when that is another (compiled) module.
     """
 
     def __init__(self, body: Step, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -203,7 +207,8 @@ class FastStep:
             graph_losses = replay().clone()
             losses, updates = _difference(eager_losses, eager_changes, graph_losses, before.changes())
         except Exception as err:  # noqa: BLE001 - any failure of capture or replay means: train eagerly
-            return self._fall_back(before, features, f"capturing it failed ({type(err).__name__}: {err})")
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            return self._fall_back(before, features, f"capturing it failed ({type(err).__name__}: {first_line})")
         self.difference = max(losses, updates)
         if not (losses <= LOSS_TOLERANCE and updates <= UPDATE_TOLERANCE):  # a NaN difference disagrees too
             return self._fall_back(before, features, (

@@ -140,7 +140,7 @@ def _reuses_the_captured_input(body: Callable, static_input: torch.Tensor) -> Re
 
 
 def _raises(body: Callable, static_input: torch.Tensor) -> Replay:
-    raise RuntimeError("operation not permitted when stream is capturing")
+    raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors might be reported later")
 
 
 @pytest.mark.parametrize(("fault", "says"), [
