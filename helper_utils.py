@@ -17,6 +17,7 @@ from IPython.display import Markdown
 
 from celeba_vae.atomic_files import atomic_write
 from celeba_vae.checkpoint import check_settings, load_checkpoint
+from celeba_vae.determinism import use_deterministic_algorithms
 from celeba_vae.runtime import cuda_usable, unsupported_gpu
 from model import VAE
 
@@ -32,11 +33,8 @@ def set_all_seeds(seed: int) -> None:
 
 
 def set_deterministic() -> None:
-    """Ask PyTorch for deterministic algorithms (warn, not fail, where none exists)."""
-    if torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    """Ask PyTorch for deterministic algorithms (warn, not fail, where none exists); see ``celeba_vae.determinism``."""
+    use_deterministic_algorithms()
 
 
 def get_device(device: str | torch.device | None = None) -> torch.device:

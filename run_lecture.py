@@ -293,11 +293,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def self_check(args: argparse.Namespace) -> int:
-    """Train through every path the device supports with the lecture's training step: 0 when all pass."""
+    """Train through every path the device supports with the lecture's training step and the notebooks' optimizer:
+    0 when all pass."""
     from celeba_vae.selfcheck import run_self_check
-    from helper_train import train_vae_v1
+    from helper_train import adam, train_vae_v1
 
-    return 0 if run_self_check(train_vae_v1, choose_device(args.device)) else 1
+    return 0 if run_self_check(train_vae_v1, choose_device(args.device), adam) else 1
 
 
 def run(args: argparse.Namespace) -> int:

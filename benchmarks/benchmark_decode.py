@@ -1,8 +1,10 @@
 """How fast the decoded cache is built: images/s of a cold ``build_decoded_cache`` per number of decode workers.
 
-    python ../shared/real_faces/make_celeba_folder.py /tmp/realceleba
-    python benchmarks/benchmark_decode.py /tmp/realceleba --workers 1 2 --repeats 5
-    python benchmarks/benchmark_decode.py /tmp/realceleba --hub --workers 2 8 --repeats 5
+    python benchmarks/benchmark_decode.py CELEBA_DIR --workers 1 2 --repeats 5
+    python benchmarks/benchmark_decode.py CELEBA_DIR --hub --workers 2 8 --repeats 5
+
+``CELEBA_DIR`` is a CelebA folder, e.g. one built from real faces (or written by
+``celeba_vae.synthetic.write_synthetic_celeba``).
 
 Each run decodes the split into a fresh temporary folder (so every build is cold; the folder's own
 ``decoded_cache/`` is never touched). ``--hub`` first writes the folder's images as the Hugging Face Hub lays

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+import torch
 from PIL import Image
 
 from celeba_vae.celeba_files import CELEBA_ATTRIBUTE_NAMES, OFFICIAL_SPLIT_SIZES
@@ -37,8 +38,8 @@ HAIR = {"Black_Hair": (25, 20, 18), "Blond_Hair": (225, 190, 110), "Brown_Hair":
         "Gray_Hair": (170, 170, 170), None: (60, 40, 30)}
 HAIR_CHOICES = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair", "Bald", None)
 HAIR_RATES = (0.24, 0.15, 0.2, 0.04, 0.02, 0.35)
-YY, XX = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
-CHUNK = 500
+NOISE_BLOCK = 64  # faces whose pixel noise one generator draws
+CHUNK = 8 * NOISE_BLOCK
 
 
 def sample_attributes(num_images: int, rng: np.random.Generator) -> np.ndarray:
@@ -64,64 +65,6 @@ def sample_attributes(num_images: int, rng: np.random.Generator) -> np.ndarray:
     return attrs
 
 
-def _ellipse(cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
-    return ((XX - cx) / ax) ** 2 + ((YY - cy) / ay) ** 2 < 1
-
-
-def _render_one(attrs: np.ndarray, params: np.ndarray, noise_seed: Sequence[int]) -> np.ndarray:
-    """Draw one face; ``params`` holds jitter, tones and colours drawn by the caller."""
-    has = {name: bool(attrs[i]) for name, i in A.items()}
-    dx, dy, width_jitter, skin_tone, light, bg_r, bg_g, bg_b = params
-    cx, cy = 89 + dx, 112 + dy
-    face_w = (41 if has["Male"] else 36) + width_jitter
-    face_h = 50 + width_jitter / 2
-    background = np.array([bg_r, bg_g, bg_b], dtype=np.float32)
-    img = np.empty((HEIGHT, WIDTH, 3), dtype=np.float32)
-    img[:] = background * (0.8 + 0.2 * YY[..., None] / HEIGHT)
-    hair_name = next((n for n in ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair") if has[n]), None)
-    hair_colour = np.array(HAIR[hair_name], dtype=np.float32)
-    if not has["Bald"]:
-        long_hair = not has["Male"]
-        hair = _ellipse(cx, cy - 6, face_w + 11, face_h + 15)
-        hair &= YY < (cy + 55 if long_hair else cy - 5)
-        img[hair] = hair_colour
-    skin = np.array([224, 180, 150], dtype=np.float32) * skin_tone
-    if has["Pale_Skin"]:
-        skin = np.array([246, 226, 214], dtype=np.float32)
-    face = _ellipse(cx, cy, face_w, face_h)
-    img[face] = skin
-    if (has["Male"] and not has["No_Beard"]) or has["5_o_Clock_Shadow"]:
-        beard = face & (YY > cy + 12)
-        img[beard] *= 0.55
-    if not has["Bald"] and (has["Bangs"] or has["Male"]):
-        img[face & (YY < cy - face_h * (0.45 if has["Bangs"] else 0.7))] = hair_colour
-    eye_y = cy - 10
-    for side in (-1, 1):
-        ex = cx + side * 15
-        img[_ellipse(ex, eye_y, 5, 3)] = (40, 30, 30)
-        img[_ellipse(ex, eye_y - 8, 7, 1.6)] = hair_colour * 0.7
-        if has["Eyeglasses"]:
-            r = np.sqrt((XX - ex) ** 2 + (YY - eye_y) ** 2)
-            img[(r > 8.5) & (r < 12)] = (15, 15, 20)
-    if has["Eyeglasses"]:
-        img[(np.abs(YY - eye_y) < 1.5) & (np.abs(XX - cx) < 4)] = (15, 15, 20)
-    img[_ellipse(cx, cy + 6, 3.5, 7)] = skin * 0.8
-    mouth_y = cy + 25
-    lips = np.array((200, 30, 50) if has["Wearing_Lipstick"] else (150, 70, 70), dtype=np.float32)
-    if has["Smiling"]:
-        img[_ellipse(cx, mouth_y - 2, 23, 15) & (YY > mouth_y - 4)] = lips
-        img[_ellipse(cx, mouth_y - 2, 20, 12) & (YY > mouth_y - 3)] = (70, 10, 20)
-        img[_ellipse(cx, mouth_y - 2, 19, 11) & (YY > mouth_y - 3) & (YY < mouth_y + 3)] = (250, 250, 245)
-    else:
-        img[(np.abs(YY - mouth_y) < 2) & (np.abs(XX - cx) < 11)] = lips
-    if has["Mustache"]:
-        img[(np.abs(YY - (mouth_y - 6)) < 2) & (np.abs(XX - cx) < 12)] = hair_colour * 0.8
-    if has["Wearing_Hat"]:
-        img[(YY < cy - face_h * 0.55) & (np.abs(XX - cx) < face_w + 16) & (YY > cy - face_h - 25)] = (50, 60, 140)
-    noise = np.random.default_rng(list(noise_seed)).normal(0, 4, size=img.shape).astype(np.float32)
-    return np.clip(img * light + noise, 0, 255).astype(np.uint8)
-
-
 def _draw_params(num_images: int, rng: np.random.Generator) -> np.ndarray:
     return np.column_stack([
         rng.uniform(-3, 3, num_images), rng.uniform(-3, 3, num_images), rng.uniform(-3, 3, num_images),
@@ -130,11 +73,82 @@ def _draw_params(num_images: int, rng: np.random.Generator) -> np.ndarray:
     ]).astype(np.float32)
 
 
-def render_faces(attributes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(N, 218, 178, 3) uint8 faces drawn from (N, 40) attributes; deterministic for ``rng``'s state."""
-    params = _draw_params(len(attributes), rng)
-    base = int(rng.integers(2**31))
-    return np.stack([_render_one(a, p, (base, i)) for i, (a, p) in enumerate(zip(attributes, params, strict=True))])
+def render_batch(attributes: np.ndarray, params: np.ndarray, base: int, start: int,
+                 device: str | torch.device = "cpu") -> np.ndarray:
+    """(N, 218, 178, 3) uint8 faces drawn from (N, 40) ``attributes`` and the jitter, tones and colours in ``params``
+    with torch operations on the whole batch (on ``device``).
+
+    Each face part is painted as a layer number into one (N, H, W) map, and each face's palette gives the layers their
+    colours. Face ``start + k`` gets pixel noise from block ``(start + k) // NOISE_BLOCK`` of seed ``base``, so the
+    faces do not depend on how they are batched.
+    """
+    n = len(attributes)
+    has = {name: torch.from_numpy(attributes[:, i].astype(bool)).to(device).view(n, 1, 1) for name, i in A.items()}
+    dx, dy, width_jitter, skin_tone, light, bg_r, bg_g, bg_b = (
+        torch.from_numpy(np.ascontiguousarray(params[:, k])).to(device).view(n, 1, 1) for k in range(8))
+    yy = torch.arange(HEIGHT, dtype=torch.float32, device=device).view(1, HEIGHT, 1)
+    xx = torch.arange(WIDTH, dtype=torch.float32, device=device).view(1, 1, WIDTH)
+    male = has["Male"]
+    cx, cy = 89 + dx, 112 + dy
+    face_w = torch.where(male, 41.0, 36.0) + width_jitter
+    face_h = 50 + width_jitter / 2
+    layers = torch.zeros((n, HEIGHT, WIDTH), dtype=torch.uint8, device=device)  # 0: the background
+
+    def ellipse(ex: torch.Tensor, ey: torch.Tensor, ax: torch.Tensor | float, ay: torch.Tensor | float) -> torch.Tensor:
+        return ((xx - ex) / ax) ** 2 + ((yy - ey) / ay) ** 2 < 1
+
+    def paint(mask: torch.Tensor, layer: int) -> None:
+        layers.masked_fill_(mask, layer)
+
+    def rgb(values: tuple[float, float, float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=device).expand(n, 3)
+
+    hair_colour = rgb(HAIR[None])
+    for name in ("Gray_Hair", "Brown_Hair", "Blond_Hair", "Black_Hair"):  # the first in CelebA's order wins
+        hair_colour = torch.where(has[name].view(n, 1), rgb(HAIR[name]), hair_colour)
+    skin = torch.where(has["Pale_Skin"].view(n, 1), rgb((246, 226, 214)), rgb((224, 180, 150)) * skin_tone.view(n, 1))
+    lips = torch.where(has["Wearing_Lipstick"].view(n, 1), rgb((200, 30, 50)), rgb((150, 70, 70)))
+    palette = torch.stack([rgb((0, 0, 0)), hair_colour, skin, skin * 0.55, rgb((40, 30, 30)), hair_colour * 0.7,
+                           rgb((15, 15, 20)), skin * 0.8, lips, rgb((70, 10, 20)), rgb((250, 250, 245)),
+                           hair_colour * 0.8, rgb((50, 60, 140))], dim=1)  # (N, 13, 3), in the layers' order
+    hair, face_layer, beard, eye, brow, glasses, nose, lip, mouth, teeth, mustache, hat = range(1, 13)
+    not_bald = ~has["Bald"]
+    paint(ellipse(cx, cy - 6, face_w + 11, face_h + 15) & (yy < torch.where(male, cy - 5, cy + 55)) & not_bald, hair)
+    face = ellipse(cx, cy, face_w, face_h)
+    paint(face, face_layer)
+    paint(face & (yy > cy + 12) & ((male & ~has["No_Beard"]) | has["5_o_Clock_Shadow"]), beard)
+    fringe = torch.where(has["Bangs"], 0.45, 0.7) * face_h
+    paint(face & (yy < cy - fringe) & not_bald & (has["Bangs"] | male), hair)
+    eye_y = cy - 10
+    has_glasses = has["Eyeglasses"]
+    for side in (-1, 1):
+        ex = cx + side * 15
+        paint(ellipse(ex, eye_y, 5, 3), eye)
+        paint(ellipse(ex, eye_y - 8, 7, 1.6), brow)
+        r = torch.sqrt((xx - ex) ** 2 + (yy - eye_y) ** 2)
+        paint((r > 8.5) & (r < 12) & has_glasses, glasses)
+    paint(((yy - eye_y).abs() < 1.5) & ((xx - cx).abs() < 4) & has_glasses, glasses)
+    paint(ellipse(cx, cy + 6, 3.5, 7), nose)
+    mouth_y = cy + 25
+    smiling = has["Smiling"]
+    paint(ellipse(cx, mouth_y - 2, 23, 15) & (yy > mouth_y - 4) & smiling, lip)
+    paint(ellipse(cx, mouth_y - 2, 20, 12) & (yy > mouth_y - 3) & smiling, mouth)
+    paint(ellipse(cx, mouth_y - 2, 19, 11) & (yy > mouth_y - 3) & (yy < mouth_y + 3) & smiling, teeth)
+    paint(((yy - mouth_y).abs() < 2) & ((xx - cx).abs() < 11) & ~smiling, lip)
+    paint(((yy - (mouth_y - 6)).abs() < 2) & ((xx - cx).abs() < 12) & has["Mustache"], mustache)
+    paint((yy < cy - face_h * 0.55) & ((xx - cx).abs() < face_w + 16) & (yy > cy - face_h - 25) & has["Wearing_Hat"],
+          hat)
+    img = palette[torch.arange(n, device=device).view(n, 1, 1), layers.long()]  # (N, H, W, 3)
+    background = torch.stack([bg_r, bg_g, bg_b], dim=-1) * (0.8 + 0.2 * yy / HEIGHT).unsqueeze(-1)  # (N, H, 1, 3)
+    img = torch.where((layers == 0).unsqueeze(-1), background, img)
+    noise = torch.empty((n, HEIGHT, WIDTH, 3), dtype=torch.float32)
+    for block in range(start // NOISE_BLOCK, -(-(start + n) // NOISE_BLOCK)):
+        first, last = max(block * NOISE_BLOCK, start), min((block + 1) * NOISE_BLOCK, start + n)
+        generator = torch.Generator().manual_seed(base * 1_000_003 + block)
+        drawn = torch.randn((NOISE_BLOCK, HEIGHT, WIDTH, 3), generator=generator)
+        noise[first - start:last - start] = drawn[first - block * NOISE_BLOCK:last - block * NOISE_BLOCK]
+    pixels = img.mul_(light.unsqueeze(-1)).add_(noise.to(device).mul_(4)).clamp_(0, 255).to(torch.uint8)
+    return pixels.cpu().numpy()
 
 
 def _jpeg(pixels: np.ndarray) -> bytes:
@@ -143,14 +157,31 @@ def _jpeg(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write_chunk(job: tuple[Path, list[str], np.ndarray, np.ndarray, int, int]) -> None:
-    folder, names, attributes, params, base, start = job
-    for k, name in enumerate(names):
-        (folder / name).write_bytes(_jpeg(_render_one(attributes[k], params[k], (base, start + k))))
+def _write_faces(folder: Path, names: list[str], pixels: np.ndarray) -> None:
+    for name, face in zip(names, pixels, strict=True):
+        (folder / name).write_bytes(_jpeg(face))
 
 
 def _pool_size(jobs: int) -> int:
-    return min(os.cpu_count() or 1, jobs)
+    return max(1, min(os.cpu_count() or 1, jobs))
+
+
+def render_faces_to_files(folder: Path, names: list[str], attributes: np.ndarray, params: np.ndarray, base: int,
+                          device: str | torch.device = "cpu") -> None:
+    """Render :data:`CHUNK` faces at a time (:func:`render_batch`) while the JPEGs of the chunk before are encoded and
+    written on one thread per CPU (PIL lets go of the GIL while it encodes); at most two chunks are in memory."""
+    threads = _pool_size(len(names))
+    with ThreadPoolExecutor(threads, thread_name_prefix="synthetic-faces") as pool:
+        writing: list = []
+        for start in range(0, len(names), CHUNK):
+            pixels = render_batch(attributes[start:start + CHUNK], params[start:start + CHUNK], base, start, device)
+            for done in writing:
+                done.result()
+            step = -(-len(pixels) // threads)
+            writing = [pool.submit(_write_faces, folder, names[start + i:start + i + step], pixels[i:i + step])
+                       for i in range(0, len(pixels), step)]
+        for done in writing:
+            done.result()
 
 
 def _partition(num_images: int) -> np.ndarray:
@@ -201,14 +232,16 @@ def write_synthetic_celeba(
     seed: int = 123,
     layout: str = "torchvision",
     file_numbers: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
 ) -> Path:
     """Write ``num_images`` synthetic faces under ``root`` in a CelebA ``layout``; return ``root``.
 
     Layouts: ``torchvision`` (root/celeba/img_align_celeba + 5 text files), ``flat`` (no celeba/ level),
     ``kaggle`` (nested image folder + CSV files), ``zip`` (root/celeba/img_align_celeba.zip + text files) and
     ``bare`` (root/img_align_celeba/*.jpg only). The partition follows the official proportions, in file order.
-    Faces are drawn and encoded on one thread per CPU (no process is started, so a script calling this needs no
-    ``if __name__ == "__main__":`` guard).
+    Faces are drawn a chunk at a time with torch operations (on ``device``: a GPU draws them in a blink; the files
+    then differ from the CPU's in a few pixel values) and encoded on one thread per CPU (no process is started, so a
+    script calling this needs no ``if __name__ == "__main__":`` guard).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r} is not one of {LAYOUTS}")
@@ -228,15 +261,7 @@ def write_synthetic_celeba(
     staging = Path(tempfile.mkdtemp()) if layout == "zip" else image_dir
     staging.mkdir(parents=True, exist_ok=True)
     text_dir.mkdir(parents=True, exist_ok=True)
-    chunk = max(1, min(CHUNK, -(-num_images // (os.cpu_count() or 1))))
-    jobs = [(staging, names[s:s + chunk], attributes[s:s + chunk], params[s:s + chunk], base, s)
-            for s in range(0, num_images, chunk)]
-    if _pool_size(len(jobs)) > 1:
-        with ThreadPoolExecutor(_pool_size(len(jobs)), thread_name_prefix="synthetic-faces") as pool:
-            list(pool.map(_write_chunk, jobs))
-    else:
-        for job in jobs:
-            _write_chunk(job)
+    render_faces_to_files(staging, names, attributes, params, base, device)
     from celeba_vae.atomic_files import atomic_write
 
     if layout == "zip":

@@ -218,7 +218,7 @@ def test_self_check_gets_the_lectures_training_step_and_the_device(monkeypatch: 
     import run_lecture
     from celeba_vae import selfcheck
 
-    calls: list[tuple[object, torch.device]] = []
-    monkeypatch.setattr(selfcheck, "run_self_check", lambda step, device: calls.append((step, device)) or False)
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr(selfcheck, "run_self_check", lambda *args: calls.append(args) or False)
     assert run_lecture.main(["--self-check", "--device", "cpu"]) == 1
-    assert calls == [(helper_train.train_vae_v1, torch.device("cpu"))]
+    assert calls == [(helper_train.train_vae_v1, torch.device("cpu"), helper_train.adam)]
