@@ -42,8 +42,9 @@ from celeba_vae.atomic_files import atomic_write
 from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES, find_celeba, read_index
 from celeba_vae.checkpoint import save_checkpoint
 from celeba_vae.decoded_cache import CachedLoader, DecodedSplit, build_decoded_cache
-from celeba_vae.selfcheck import TimedBatches, peak_host_mib, synchronize, takes_cuda_graph
+from celeba_vae.selfcheck import takes_cuda_graph
 from celeba_vae.synthetic import write_synthetic_celeba
+from celeba_vae.timing import TimedBatches, peak_host_mib, synchronize
 from helper_data import default_transform
 from helper_train import EpochImages, adam, evaluate_vae, train_vae_v1, vae_loss
 from helper_utils import get_device, set_all_seeds

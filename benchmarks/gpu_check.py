@@ -167,7 +167,8 @@ def step_probe(output: Path, smoke: bool) -> None:
     import torch
 
     import helper_train
-    from celeba_vae.selfcheck import DeviceBatches, synchronize, takes_cuda_graph
+    from celeba_vae.selfcheck import takes_cuda_graph
+    from celeba_vae.timing import DeviceBatches, synchronize
     from model import VAE
 
     device = torch.device("cpu" if smoke else "cuda")

@@ -32,7 +32,6 @@ import itertools
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from celeba_vae.decoded_cache import CachedLoader, DecodedSplit, build_decoded_c
 from celeba_vae.determinism import deterministic
 from celeba_vae.precision import choose_precision, compile_unavailable, native_bf16
 from celeba_vae.synthetic import write_synthetic_celeba
+from celeba_vae.timing import DeviceBatches, TimedBatches, peak_memory_mib
 from model import VAE
 
 SEED = 123
@@ -147,83 +147,6 @@ def supported_paths(device: torch.device) -> tuple[list[TrainPath], list[str]]:
         "no CUDA or MPS device found: checking the CPU paths only",
         "torch.compile: skipped on CPU (compiling its C++ kernels takes minutes)",
         "fast path (CUDA graph): skipped, CUDA only"]
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the work queued on ``device``."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-class TimedBatches:
-    """The first ``count`` batches of ``loader`` (cycling through it), timing all but the first ``warmup``.
-
-    The clock runs from the moment the ``warmup``-th batch is asked for (the queued steps finished) until the step of
-    the last batch has finished, so a loader of batches gathered beforehand times the steps alone. ``on_batch`` is
-    called before each batch is handed out (and once after the last step).
-    """
-
-    def __init__(self, loader: Iterable, count: int, warmup: int, device: torch.device,
-                 on_batch: Callable[[], None] | None = None) -> None:
-        self.loader, self.count, self.warmup, self.device, self.on_batch = loader, count, warmup, device, on_batch
-        self.batch_size = getattr(loader, "batch_size", None)
-        self.start = self.end = 0.0
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        served = 0
-        while True:
-            for batch in self.loader:
-                if served == self.warmup:
-                    synchronize(self.device)
-                    self.start = time.perf_counter()
-                if self.on_batch is not None:
-                    self.on_batch()
-                yield batch
-                served += 1
-                if served == self.count:
-                    if self.on_batch is not None:
-                        self.on_batch()
-                    synchronize(self.device)
-                    self.end = time.perf_counter()
-                    return
-
-    def images_per_s(self) -> float:
-        """Images per second over the timed batches."""
-        return (self.count - self.warmup) * self.batch_size / (self.end - self.start)
-
-
-class DeviceBatches(list):
-    """Batches already on the device (a list with the ``batch_size`` a loader has)."""
-
-    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]], batch_size: int) -> None:
-        super().__init__(batches)
-        self.batch_size = batch_size
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    """CUDA: peak allocated since the reset; MPS: allocated now; CPU: the process's peak resident memory."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    if device.type == "mps":
-        return torch.mps.current_allocated_memory() / 2**20
-    return peak_host_mib()
-
-
-def peak_host_mib() -> float:
-    """This process's peak resident memory in MiB: ``resource`` on Linux and macOS, psutil on Windows (which has no
-    ``resource`` module)."""
-    try:
-        import resource
-    except ImportError:
-        import psutil
-
-        return psutil.Process().memory_info().peak_wset / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def takes_cuda_graph(train_step: TrainStep) -> bool:
@@ -483,7 +406,7 @@ def resume_mismatch(train_step: TrainStep, make_optimizer: MakeOptimizer, split:
 
 
 @dataclass
-class CheckSetup:
+class CheckInputs:
     """What every check shares: the decoded synthetic split, the initial weights, the fixed noise and the sizes."""
 
     split: DecodedSplit
@@ -498,7 +421,7 @@ def _failed(name: str, err: BaseException) -> Row:
     return (name, "-", "-", f"{type(err).__name__}: {err}", "-", "FAIL")
 
 
-def step_rows(train_step: TrainStep, make_optimizer: MakeOptimizer, setup: CheckSetup, device: torch.device,
+def step_rows(train_step: TrainStep, make_optimizer: MakeOptimizer, setup: CheckInputs, device: torch.device,
                paths: list[TrainPath]) -> list[Row]:
     """The one-step rows (eager paths and compile; the fast path has its own row) and the fast path's row."""
     batches = device_batches(setup.split, setup.batch_size, setup.step_batches, device)
@@ -527,7 +450,7 @@ def step_rows(train_step: TrainStep, make_optimizer: MakeOptimizer, setup: Check
     return rows
 
 
-def training_rows(train_step: TrainStep, make_optimizer: MakeOptimizer, setup: CheckSetup, device: torch.device,
+def training_rows(train_step: TrainStep, make_optimizer: MakeOptimizer, setup: CheckInputs, device: torch.device,
                    paths: list[TrainPath]) -> list[Row]:
     """The training rows: every path on the production random stream against fp32 (compile against its eager
     precision, same stream), within the tolerance calibrated from fp32 on :data:`STREAM_SEEDS`."""
@@ -559,7 +482,7 @@ def training_rows(train_step: TrainStep, make_optimizer: MakeOptimizer, setup: C
 
 
 def prepare_check(folder: Path, device: torch.device, steps: int, batch_size: int, num_images: int,
-                  step_batches: int) -> CheckSetup:
+                  step_batches: int) -> CheckInputs:
     """Write and decode ``num_images`` synthetic faces under ``folder``; draw the initial weights and the fixed noise.
 
     The decoded split's memory map lives as long as the setup, so drop it before removing ``folder`` on Windows.
@@ -575,10 +498,10 @@ def prepare_check(folder: Path, device: torch.device, steps: int, batch_size: in
     torch.manual_seed(SEED)
     initial = VAE().state_dict()
     noise = torch.randn(batch_size, initial["z_mean.bias"].numel(), generator=torch.Generator().manual_seed(SEED))
-    return CheckSetup(split, initial, noise.to(device), steps, batch_size, step_batches)
+    return CheckInputs(split, initial, noise.to(device), steps, batch_size, step_batches)
 
 
-def resume_row(train_step: TrainStep, make_optimizer: MakeOptimizer, setup: CheckSetup, device: torch.device,
+def resume_row(train_step: TrainStep, make_optimizer: MakeOptimizer, setup: CheckInputs, device: torch.device,
                epochs: int, batches: int, folder: Path) -> Row:
     """The resume row: bit-identical to an uninterrupted run, or the first difference."""
     try:
@@ -590,7 +513,7 @@ def resume_row(train_step: TrainStep, make_optimizer: MakeOptimizer, setup: Chec
             "-", "-", mismatch or "identical", "bit-identical", "OK" if mismatch is None else "FAIL")
 
 
-def all_rows(train_step: TrainStep, make_optimizer: MakeOptimizer, setup: CheckSetup, device: torch.device,
+def all_rows(train_step: TrainStep, make_optimizer: MakeOptimizer, setup: CheckInputs, device: torch.device,
              paths: list[TrainPath], resume_epochs: int, resume_batches: int, folder: Path) -> list[Row]:
     """Every row of the table: resume, one step per path, the fast path, training per path."""
     return [resume_row(train_step, make_optimizer, setup, device, resume_epochs, resume_batches, folder),

@@ -20,7 +20,7 @@ FP32, BF16, FP16 = (selfcheck.TrainPath(name, name) for name in ("fp32", "bf16",
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[selfcheck.CheckSetup]:
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[selfcheck.CheckInputs]:
     """Synthetic faces decoded once for the module: batches of 4, 4 training steps, one-step rows on 2 batches."""
     yield selfcheck.prepare_check(tmp_path_factory.mktemp("selfcheck"), CPU, steps=4, batch_size=4, num_images=40,
                                   step_batches=2)
@@ -53,7 +53,7 @@ def low_precision_loss(features: torch.Tensor, decoded: torch.Tensor, z_mean: to
     return weight * reconstruction + kl, reconstruction, kl
 
 
-def test_a_loss_computed_in_low_precision_fails(setup: selfcheck.CheckSetup, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_loss_computed_in_low_precision_fails(setup: selfcheck.CheckInputs, monkeypatch: pytest.MonkeyPatch) -> None:
     healthy = selfcheck.step_rows(helper_train.train_vae_v1, helper_train.adam, setup, CPU, [FP32, BF16])
     assert result(healthy, "one step: bf16")[1] == "OK"
     monkeypatch.setattr(helper_train, "vae_loss", low_precision_loss)
@@ -66,7 +66,7 @@ def test_a_loss_computed_in_low_precision_fails(setup: selfcheck.CheckSetup, mon
 
 
 def test_fp16_skipped_steps_are_not_a_disagreement_but_a_scaler_that_never_unscales_is(
-        setup: selfcheck.CheckSetup, monkeypatch: pytest.MonkeyPatch) -> None:
+        setup: selfcheck.CheckInputs, monkeypatch: pytest.MonkeyPatch) -> None:
     """The scaler starts at 2^16 and skips steps until the scaled gradients fit in fp16: the one-step row compares its
     first update, unscaled. A scaler that hands the optimizer the scaled gradients is caught on the gradients."""
     healthy = selfcheck.step_rows(helper_train.train_vae_v1, helper_train.adam, setup, CPU, [FP32, FP16])
@@ -86,7 +86,7 @@ def test_fp16_skipped_steps_are_not_a_disagreement_but_a_scaler_that_never_unsca
     assert verdict == "FAIL" and float(measured.split("grad ")[1].split("%")[0]) > 100, measured
 
 
-def test_a_step_that_skips_a_parameters_update_fails(setup: selfcheck.CheckSetup) -> None:
+def test_a_step_that_skips_a_parameters_update_fails(setup: selfcheck.CheckInputs) -> None:
     def adam_without_z_mean(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam([p for name, p in model.named_parameters() if name != "z_mean.weight"], lr=lr)
 
@@ -95,7 +95,7 @@ def test_a_step_that_skips_a_parameters_update_fails(setup: selfcheck.CheckSetup
     assert verdict == "FAIL" and "update 100.00% (z_mean.weight)" in measured
 
 
-def test_a_step_that_never_updates_fails(setup: selfcheck.CheckSetup, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_step_that_never_updates_fails(setup: selfcheck.CheckInputs, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(selfcheck, "MAX_SKIPPED", 1)
     monkeypatch.setattr(torch.amp.GradScaler, "step", lambda self, optimizer, *args, **kwargs: None)
     measured, verdict = result(selfcheck.step_rows(helper_train.train_vae_v1, helper_train.adam, setup, CPU,
@@ -103,7 +103,7 @@ def test_a_step_that_never_updates_fails(setup: selfcheck.CheckSetup, monkeypatc
     assert verdict == "FAIL" and "no optimizer update in 2 steps" in measured
 
 
-def test_a_replay_that_reuses_stale_inputs_fails_and_a_fallback_is_said(setup: selfcheck.CheckSetup,
+def test_a_replay_that_reuses_stale_inputs_fails_and_a_fallback_is_said(setup: selfcheck.CheckInputs,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast path's capture is replaced by fakes that run its body on the CPU: an honest replay agrees with eager
     steps; one that keeps training on the batch of its first replay (which the fast path's own first check passes)
@@ -144,7 +144,7 @@ def test_a_replay_that_reuses_stale_inputs_fails_and_a_fallback_is_said(setup: s
     assert verdict == "FALLBACK" and measured == "fell back to eager: no CUDA graphs in this test"
 
 
-def test_a_training_loss_beyond_the_seeds_spread_fails(setup: selfcheck.CheckSetup,
+def test_a_training_loss_beyond_the_seeds_spread_fails(setup: selfcheck.CheckInputs,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """4 steps of 4 images leave fp32's random streams a few percent apart: a path 50% off is beyond that."""
     real = selfcheck.train_path
@@ -170,7 +170,7 @@ def test_the_training_window_counts_updates_not_steps() -> None:
         skipped_two.window_loss(9)
 
 
-def test_a_resume_that_loses_the_rng_state_fails(setup: selfcheck.CheckSetup, monkeypatch: pytest.MonkeyPatch,
+def test_a_resume_that_loses_the_rng_state_fails(setup: selfcheck.CheckInputs, monkeypatch: pytest.MonkeyPatch,
                                                  tmp_path: Path) -> None:
     assert selfcheck.resume_row(helper_train.train_vae_v1, helper_train.adam, setup, CPU, 1, 2, tmp_path)[5] == "OK"
     monkeypatch.setattr(training, "restore_rng_states", lambda states, device=None: None)
@@ -178,7 +178,7 @@ def test_a_resume_that_loses_the_rng_state_fails(setup: selfcheck.CheckSetup, mo
     assert row[5] == "FAIL" and "differ" in row[3]
 
 
-def test_a_crashing_path_is_a_fail_row(setup: selfcheck.CheckSetup) -> None:
+def test_a_crashing_path_is_a_fail_row(setup: selfcheck.CheckInputs) -> None:
     fp99 = selfcheck.TrainPath("fp99", "fp99")
     measured, verdict = result(selfcheck.step_rows(helper_train.train_vae_v1, helper_train.adam, setup, CPU,
                                                    [FP32, fp99]), "one step: fp99")
