@@ -13,6 +13,8 @@ The linear probe of the latent space lives in :mod:`helper_probe`, the latent ex
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,6 @@ from IPython.display import Markdown
 from matplotlib.figure import Figure
 from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 
 from helper_data import first_images
 from helper_plotting import save_figure
@@ -344,6 +345,8 @@ class FrechetScore:
                  device: str | torch.device = "cpu") -> None:
         if len(real_images) < 2:
             raise ValueError(f"a Fréchet distance needs at least 2 real images, got {len(real_images)}")
+        from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3  # torch-fidelity: only here
+
         self.batch_size = batch_size
         if isinstance(feature, int):
             extractor = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(feature)])
@@ -373,9 +376,11 @@ class FrechetScore:
 def inception_fid(real_images: torch.Tensor, device: str | torch.device = "cpu") -> tuple[FrechetScore | None, str]:
     """``(score, message)``: FID at the standard settings against ``real_images``, or ``None`` with the reason when
     the Inception weights cannot be had (no internet and nothing in the torch hub cache, or torch-fidelity missing).
+    What the download prints is kept back: the message says in one line what happened.
     """
     try:
-        score = FrechetScore(real_images, 2048, device=device)
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            score = FrechetScore(real_images, 2048, device=device)
     except (OSError, ModuleNotFoundError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return None, (f"FID skipped: its Inception-v3 weights could not be loaded ({reason}); "
