@@ -18,8 +18,8 @@ from IPython.display import Markdown
 from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES
 from celeba_vae.recipes import KNOB_VALUES, knob_runs
 from helper_data import AttributeMeans, attribute_index
+from helper_plotting import EpochImages
 from helper_quality import checkerboard_score
-from helper_train import EpochImages
 
 LECTURE_EPOCHS = 50
 LECTURE_IMAGE_STEPS = LECTURE_EPOCHS * OFFICIAL_SPLIT_SIZES["train"]

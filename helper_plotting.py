@@ -10,7 +10,9 @@ shows it as the lecture's scripts expect.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -19,21 +21,55 @@ import torch
 from matplotlib.backends import BackendFilter, backend_registry
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
+from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid
 
 from celeba_vae.atomic_files import atomic_write
 from celeba_vae.celeba_files import attribute_index
-from helper_train import EpochImages
+from celeba_vae.precision import full_fp32
 from helper_utils import eval_mode
 
 Unnormalizer = Callable[[torch.Tensor], torch.Tensor] | None
 
 
-def save_figure(fig: Figure, save_path: str | Path | None, title: str | None = None) -> Figure:
-    """Give ``fig`` its title, write it to ``save_path`` (if any) and close it in pyplot unless a GUI backend will
-    show it at ``plt.show()``; return it."""
+@dataclass
+class _FigureFolder:
+    """Where :func:`save_figure` writes a titled figure that has no ``save_path`` (set by :func:`save_figures_to`)."""
+
+    folder: Path | None = None
+    prefix: str = ""
+    title_note: str = ""
+
+
+_figures = _FigureFolder()
+
+
+def save_figures_to(folder: str | Path | None, prefix: str = "", title_note: str = "") -> None:
+    """From now on every titled figure is also written to ``folder / (prefix + slug(title) + ".png")`` and its title
+    gets ``title_note`` appended (``helper_setup.start_notebook`` calls this once per notebook); ``None`` stops
+    writing. An explicit ``save_path`` always wins."""
+    _figures.folder = Path(folder) if folder is not None else None
+    _figures.prefix, _figures.title_note = prefix, title_note
+
+
+def figure_file(name: str) -> Path | None:
+    """``name`` (e.g. ``"epochs.gif"``) with this notebook's prefix in the figures folder, or ``None`` when unset."""
+    return _figures.folder / f"{_figures.prefix}{name}" if _figures.folder is not None else None
+
+
+def slug(title: str) -> str:
+    """A file name stem from a title: lower case, each run of characters other than letters and digits one "_"."""
+    return re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_")
+
+
+def save_figure(fig: Figure, save_path: str | Path | None = None, title: str | None = None) -> Figure:
+    """Give ``fig`` its title (with the note of :func:`save_figures_to`, e.g. that the faces are synthetic), write
+    it to ``save_path``, or, when that is ``None`` and a title is given, to the folder of :func:`save_figures_to` (if
+    set), and close it in pyplot unless a GUI backend will show it at ``plt.show()``; return it."""
+    if save_path is None and title:
+        save_path = figure_file(f"{slug(title)}.png")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title + _figures.title_note)
         fig.tight_layout()
     if save_path is not None:
         buffer = io.BytesIO()
@@ -56,7 +92,7 @@ def show_image(ax: plt.Axes, image: torch.Tensor, unnormalizer: Unnormalizer = N
 def plot_training_loss(
     minibatch_losses: Sequence[float],
     num_epochs: int,
-    averaging_iterations: int = 100,
+    averaging_iterations: int | None = None,
     custom_label: str = "",
     title: str | None = None,
     save_path: str | Path | None = None,
@@ -65,9 +101,11 @@ def plot_training_loss(
     """Minibatch loss and its running average over iterations, with an epoch axis (the lecture's plot).
 
     The loss axis is logarithmic (when every loss is positive), so the first epoch's steep fall and the last
-    epochs' slow one both show; ``unit`` names what one value of the loss is.
+    epochs' slow one both show; ``unit`` names what one value of the loss is. The running average spans
+    ``averaging_iterations`` minibatches, by default :func:`averaging_window` of the run.
     """
     losses = np.asarray(minibatch_losses, dtype=float)
+    averaging_iterations = averaging_iterations or averaging_window(len(losses), num_epochs)
     fig, ax1 = plt.subplots(figsize=(8, 4))
     ax1.plot(range(len(losses)), losses, label=f"Minibatch Loss{custom_label}")
     ax1.set_xlabel("Iterations")
@@ -92,6 +130,13 @@ def plot_training_loss(
     ax2.set_xlim(ax1.get_xlim())
     fig.tight_layout()
     return save_figure(fig, save_path, title)
+
+
+def averaging_window(num_losses: int, num_epochs: int, longest: int = 100) -> int:
+    """The running average's window sized to the run: half an epoch's minibatches, at most ``longest`` (the
+    lecture's 100 of its 636 per epoch), so that the average starts within the first epoch."""
+    per_epoch = num_losses // max(1, num_epochs)
+    return max(1, min(longest, per_epoch // 2))
 
 
 def plot_faces_with_attributes(
@@ -318,6 +363,60 @@ def plot_modified_faces(
     return save_figure(fig, save_path, title)
 
 
+@dataclass
+class EpochImages:
+    """What :func:`train_vae_v1` draws after every epoch: ``images`` (N, 3, H, W; uint8 or floats in [0, 1], CPU),
+    their reconstructions, and the decoded fixed ``noise`` (M, latent_dim), saved as ``folder/epoch_001.png``..."""
+
+    images: torch.Tensor
+    noise: torch.Tensor
+    folder: str | Path
+
+    @classmethod
+    def from_loader(
+        cls, data_loader: Iterable, folder: str | Path, num_images: int = 8, seed: int = 123, latent_dim: int = 200
+    ) -> EpochImages:
+        """The first ``num_images`` faces of ``data_loader`` (fewer if its first batch is smaller) and as many noise
+        vectors, drawn from ``seed``."""
+        images = next(iter(data_loader))[0][:num_images].cpu()
+        noise = torch.randn(len(images), latent_dim, generator=torch.Generator().manual_seed(seed))
+        return cls(images, noise, folder)
+
+    def save(self, model: torch.nn.Module, device: torch.device, epoch: int) -> Path:
+        """Write ``epoch_{epoch:03d}.png``: originals, reconstructions (decoded posterior means), decoded noise."""
+        images = self.images.float() / 255 if self.images.dtype == torch.uint8 else self.images.float()
+        with eval_mode(model), torch.no_grad(), full_fp32(device):
+            reconstructions = model.reconstruct(images.to(device)).float().cpu()
+            samples = model.decode(self.noise.to(device, torch.float32)).float().cpu()
+        grid = make_grid(torch.cat([images, reconstructions, samples]).clamp(0, 1), nrow=len(images), pad_value=1.0)
+        picture = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
+        return atomic_write(Path(self.folder) / f"epoch_{epoch:03d}.png", lambda f: picture.save(f, format="PNG"))
+
+    @staticmethod
+    def saved(folder: str | Path, num_epochs: int | None = None) -> list[tuple[int, Path]]:
+        """``(epoch, path)`` of the pictures :meth:`save` wrote to ``folder``, in epoch order (the first
+        ``num_epochs``, so pictures of an earlier, longer run are left out)."""
+        files = sorted(Path(folder).glob("epoch_*.png"))[:num_epochs]
+        if not files:
+            raise FileNotFoundError(f"no epoch_*.png in {folder}; train with epoch_images=EpochImages(...) first")
+        return [(int(file.stem.split("_")[1]), file) for file in files]
+
+    @staticmethod
+    def read(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The originals, reconstructions and decoded noise of one picture :meth:`save` wrote (three rows of square
+        faces, 2 pixels of padding), each (N, 3, H, W) in [0, 1]."""
+        with Image.open(path) as picture:
+            grid = pil_to_tensor(picture.convert("RGB")).float() / 255
+        size = (grid.shape[1] - 2) // 3 - 2
+        count = (grid.shape[2] - 2) // (size + 2)
+        if size < 4 or 3 * (size + 2) + 2 != grid.shape[1] or count * (size + 2) + 2 != grid.shape[2]:
+            raise ValueError(f"{path} is not a grid of three rows of square faces written by EpochImages.save")
+        starts = range(2, count * (size + 2), size + 2)
+        rows = [torch.stack([grid[:, top:top + size, left:left + size] for left in starts])
+                for top in range(2, 3 * (size + 2), size + 2)]
+        return rows[0], rows[1], rows[2]
+
+
 def save_gif(frames: torch.Tensor, path: str | Path, duration_ms: int = 100) -> Path:
     """Write (N, 3, H, W) frames in [0, 1] as a looping animated GIF."""
     pictures = [Image.fromarray((f.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
@@ -331,19 +430,23 @@ def save_gif(frames: torch.Tensor, path: str | Path, duration_ms: int = 100) -> 
 
 def save_epoch_gif(
     folder: str | Path,
-    path: str | Path,
+    path: str | Path | None = None,
     num_epochs: int | None = None,
     faces: int = 4,
     max_bytes: int = 700_000,
     duration_ms: int = 600,
 ) -> Path:
-    """An animated GIF of the ``epoch_*.png`` that :class:`helper_train.EpochImages` wrote to ``folder`` (the first
+    """An animated GIF of the ``epoch_*.png`` that :class:`EpochImages` wrote to ``folder`` (the first
     ``num_epochs``), each frame stamped "epoch k of n".
 
     Each frame keeps the first ``faces`` columns at full resolution (a 2-pixel checkerboard survives no
     shrinking); with many epochs, evenly spaced ones (always the first and the last) are kept so that the file
-    stays under ``max_bytes`` and an executed notebook that shows it stays small.
+    stays under ``max_bytes`` and an executed notebook that shows it stays small. Without ``path`` it goes to the
+    figures folder of :func:`save_figures_to`, as ``epochs.gif`` after the notebook's prefix.
     """
+    path = path or figure_file("epochs.gif")
+    if path is None:
+        raise ValueError("save_epoch_gif needs a path: none given, and no figures folder set by save_figures_to")
     saved = EpochImages.saved(folder, num_epochs)
     frames = [_stamped_frame(file, epoch, len(saved), faces) for epoch, file in saved]
     keep = len(frames)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -16,15 +15,15 @@ from celeba_vae.checkpoint import checkpoint_run_id
 from celeba_vae.paths import RunFiles, run_files
 from celeba_vae.recipes import Recipe, choose_recipe
 from celeba_vae.runtime import output_folder
-from helper_data import DatasetChoice, prepare_dataset
-from helper_train import EpochImages
+from helper_data import DatasetChoice, get_cached_dataloaders_celeba, get_dataloaders_celeba, prepare_dataset
+from helper_plotting import save_figures_to
 from helper_utils import get_device, load_model, set_all_seeds, update_metrics
 from model import DECODERS
 
 
 @dataclass(frozen=True)
-class NotebookSetup:
-    """Everything a notebook's first cell settles: device, data, and where outputs go."""
+class NotebookRun:
+    """The run a notebook reads or writes, as its first cell settled it: device, data, recipe and where its files go."""
 
     device: torch.device
     data: DatasetChoice
@@ -36,10 +35,6 @@ class NotebookSetup:
     def files(self, decoder: str | None = None) -> RunFiles:
         """Where the run of ``decoder`` (default: this notebook's) keeps its checkpoint, weights and figures."""
         return run_files(self.output_dir, decoder or self.decoder)
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.files().checkpoint
 
     @property
     def figures(self) -> Path:
@@ -57,28 +52,27 @@ class NotebookSetup:
                    if (path := self.files(decoder).checkpoint).is_file()}
         update_metrics(self.metrics, section, values, run_ids)
 
-    def training_options(self, plan: Recipe, train_loader: Iterable, valid_loader: Iterable,
-                         test_loader: Iterable, latent_dim: int, resume: bool, precision: str,
-                         compile: bool) -> dict[str, Any]:
-        """The keyword arguments of :func:`helper_train.train_vae_v1` that go beyond the lecture: validation,
-        where the checkpoint, the lecture's ``vae_celeba_02.pt`` and the per-epoch pictures of test faces go,
-        resuming, precision, ``torch.compile``, and what the checkpoint records about the run."""
-        files = self.files()
-        return {
-            "valid_loader": valid_loader,
-            "checkpoint_path": files.checkpoint,
-            "resume": resume,
-            "precision": precision,
-            "compile": compile,
-            "settings": self.checkpoint_settings(plan, len(train_loader.dataset)),
-            "save_model": files.weights,
-            "epoch_images": EpochImages.from_loader(test_loader, files.epoch_images, seed=self.seed,
-                                                    latent_dim=latent_dim),
-        }
+    def dataloaders(self, loader: str = "fast", data_on_gpu: bool | str = "auto",
+                    precision: str = "auto") -> tuple[Iterable, Iterable, Iterable]:
+        """Training, validation and test loaders of this run's data, batch size and image counts.
+
+        ``loader="fast"`` decodes every JPEG once into a uint8 cache (:func:`helper_data.get_cached_dataloaders_celeba`,
+        ``data_on_gpu`` and ``precision`` say where and in which type batches wait); ``"lecture"`` is the lecture's
+        ``DataLoader`` (:func:`helper_data.get_dataloaders_celeba`), which decodes every image in every epoch."""
+        plan = self.recipe
+        if loader == "fast":
+            return get_cached_dataloaders_celeba(plan.batch_size, self.device, root=self.data, data_on_gpu=data_on_gpu,
+                                                 precision=precision, train_images=plan.train_images,
+                                                 eval_images=plan.eval_images, seed=self.seed)
+        if loader == "lecture":
+            return get_dataloaders_celeba(plan.batch_size, num_workers=2, root=self.data,
+                                          train_images=plan.train_images, eval_images=plan.eval_images, seed=self.seed)
+        raise ValueError(f"loader={loader!r} is not one of 'fast', 'lecture'")
 
     def title(self, text: str) -> str:
-        """A figure title that says plainly when the faces are synthetic."""
-        return f"{text} (SYNTHETIC faces, not CelebA)" if self.data.kind == "synthetic" else text
+        """``text``: :func:`helper_plotting.save_figure` now adds the synthetic-faces note itself (kept while
+        notebooks 3-5 still call it)."""
+        return text
 
     def checkpoint_settings(self, recipe: Recipe, train_images: int) -> dict[str, object]:
         """What a checkpoint records about the run: the data it was trained on and the training settings."""
@@ -110,7 +104,11 @@ def start_notebook(
     download: bool = False,
     drive: bool = False,
     runtime: str | None = None,
-) -> NotebookSetup:
+    num_epochs: int | None = None,
+    batch_size: int | None = None,
+    train_images: int | None = None,
+    eval_images: int | None = None,
+) -> NotebookRun:
     """Choose the device, seed everything, find the data (saying plainly when it is synthetic) and print where
     everything is, as absolute paths. Nothing is written under ``notebooks/``.
 
@@ -118,13 +116,19 @@ def start_notebook(
     nor where Kaggle attaches it (see :func:`helper_data.prepare_dataset`). ``drive=True`` (Colab) mounts Google
     Drive and keeps the outputs there, so a disconnected runtime resumes from its last epoch; on Kaggle they go to
     ``/kaggle/working/outputs`` (see :func:`celeba_vae.runtime.output_folder`). ``runtime`` (``"colab"``,
-    ``"kaggle"``, ``"local"``) is detected when ``None``.
+    ``"kaggle"``, ``"local"``) is detected when ``None``. ``num_epochs``, ``batch_size``, ``train_images`` and
+    ``eval_images`` override the recipe (said in one line). Titled figures are written to the run's figures folder
+    from now on (:func:`helper_plotting.save_figures_to`), their titles marked when the faces are synthetic.
     """
     data = prepare_dataset(dataset, data_root, num_synthetic, random_seed, download=download)
     print(data.message)
     chosen = get_device(device)
     set_all_seeds(random_seed)
     outputs = output_folder(output_dir, drive, runtime)
-    setup = NotebookSetup(chosen, data, outputs, decoder, random_seed, choose_recipe(recipe, chosen, data.kind))
-    print(f"Device: {chosen} | data: {data.root} | outputs: {setup.output_dir}")
-    return setup
+    plan = choose_recipe(recipe, chosen, data.kind).override(num_epochs=num_epochs, batch_size=batch_size,
+                                                             train_images=train_images, eval_images=eval_images)
+    run = NotebookRun(chosen, data, outputs, decoder, random_seed, plan)
+    save_figures_to(run.figures, prefix=f"{decoder}_",
+                    title_note=" (SYNTHETIC faces, not CelebA)" if data.kind == "synthetic" else "")
+    print(f"Device: {chosen} | data: {data.root} | outputs: {run.output_dir}")
+    return run

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from torchvision.transforms.functional import pil_to_tensor
-from torchvision.utils import make_grid
 
-from celeba_vae.atomic_files import atomic_write
 from celeba_vae.checkpoint import save_weights
 from celeba_vae.precision import full_fp32
 from celeba_vae.training import LOSS_KEYS, EpochLog, TrainingRun, set_up_precision
+from helper_plotting import EpochImages
 from helper_utils import eval_mode
 
 LossFn = Callable[..., torch.Tensor]
@@ -96,60 +92,6 @@ def evaluate_vae(
         raise ValueError("evaluate_vae got an empty data loader")
     totals = torch.stack(batch_totals).cpu().double().sum(dim=0)
     return dict(zip(LOSS_KEYS, (totals / count).tolist(), strict=True))
-
-
-@dataclass
-class EpochImages:
-    """What :func:`train_vae_v1` draws after every epoch: ``images`` (N, 3, H, W; uint8 or floats in [0, 1], CPU),
-    their reconstructions, and the decoded fixed ``noise`` (M, latent_dim), saved as ``folder/epoch_001.png``..."""
-
-    images: torch.Tensor
-    noise: torch.Tensor
-    folder: str | Path
-
-    @classmethod
-    def from_loader(
-        cls, data_loader: Iterable, folder: str | Path, num_images: int = 8, seed: int = 123, latent_dim: int = 200
-    ) -> EpochImages:
-        """The first ``num_images`` faces of ``data_loader`` (fewer if its first batch is smaller) and as many noise
-        vectors, drawn from ``seed``."""
-        images = next(iter(data_loader))[0][:num_images].cpu()
-        noise = torch.randn(len(images), latent_dim, generator=torch.Generator().manual_seed(seed))
-        return cls(images, noise, folder)
-
-    def save(self, model: torch.nn.Module, device: torch.device, epoch: int) -> Path:
-        """Write ``epoch_{epoch:03d}.png``: originals, reconstructions (decoded posterior means), decoded noise."""
-        images = self.images.float() / 255 if self.images.dtype == torch.uint8 else self.images.float()
-        with eval_mode(model), torch.no_grad(), full_fp32(device):
-            reconstructions = model.reconstruct(images.to(device)).float().cpu()
-            samples = model.decode(self.noise.to(device, torch.float32)).float().cpu()
-        grid = make_grid(torch.cat([images, reconstructions, samples]).clamp(0, 1), nrow=len(images), pad_value=1.0)
-        picture = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
-        return atomic_write(Path(self.folder) / f"epoch_{epoch:03d}.png", lambda f: picture.save(f, format="PNG"))
-
-    @staticmethod
-    def saved(folder: str | Path, num_epochs: int | None = None) -> list[tuple[int, Path]]:
-        """``(epoch, path)`` of the pictures :meth:`save` wrote to ``folder``, in epoch order (the first
-        ``num_epochs``, so pictures of an earlier, longer run are left out)."""
-        files = sorted(Path(folder).glob("epoch_*.png"))[:num_epochs]
-        if not files:
-            raise FileNotFoundError(f"no epoch_*.png in {folder}; train with epoch_images=EpochImages(...) first")
-        return [(int(file.stem.split("_")[1]), file) for file in files]
-
-    @staticmethod
-    def read(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The originals, reconstructions and decoded noise of one picture :meth:`save` wrote (three rows of square
-        faces, 2 pixels of padding), each (N, 3, H, W) in [0, 1]."""
-        with Image.open(path) as picture:
-            grid = pil_to_tensor(picture.convert("RGB")).float() / 255
-        size = (grid.shape[1] - 2) // 3 - 2
-        count = (grid.shape[2] - 2) // (size + 2)
-        if size < 4 or 3 * (size + 2) + 2 != grid.shape[1] or count * (size + 2) + 2 != grid.shape[2]:
-            raise ValueError(f"{path} is not a grid of three rows of square faces written by EpochImages.save")
-        starts = range(2, count * (size + 2), size + 2)
-        rows = [torch.stack([grid[:, top:top + size, left:left + size] for left in starts])
-                for top in range(2, 3 * (size + 2), size + 2)]
-        return rows[0], rows[1], rows[2]
 
 
 def train_vae_v1(num_epochs: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

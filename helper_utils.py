@@ -7,7 +7,7 @@ import json
 import math
 import os
 import random
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,32 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     """The metrics JSON at ``path`` (empty when it does not exist yet)."""
     path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@torch.no_grad()
+def layer_table(model: torch.nn.Module, input_size: Sequence[int] = (1, 3, 128, 128)) -> Markdown:
+    """Every layer of ``model`` in the order an input of ``input_size`` passes them (in eval mode), each with its
+    output shape without the batch dimension and its number of parameters, and the total: a table Jupyter renders."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    leaves = {name: module for name, module in model.named_modules() if not any(module.children())}
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            shapes.setdefault(name, tuple(output.shape[1:]))
+        return record
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in leaves.items()]
+    try:
+        with eval_mode(model):
+            model(torch.zeros(tuple(input_size), device=next(model.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = [[f"`{name}`", f"`{leaves[name]}`", " x ".join(map(str, shape)),
+             f"{sum(p.numel() for p in leaves[name].parameters()):,}"] for name, shape in shapes.items()]
+    total = sum(p.numel() for p in model.parameters())
+    return markdown_table(["layer", "module", "output shape", "parameters"],
+                          [*rows, ["**total**", "", "", f"**{total:,}**"]], numbers_from=2)
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], numbers_from: int = 1) -> Markdown:

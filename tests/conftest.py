@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,14 @@ from celeba_vae.synthetic import write_synthetic_celeba
 
 torch.set_num_threads(2)
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(autouse=True)
+def no_figure_folder() -> None:
+    """Each test starts and ends without the figures folder a notebook's ``start_notebook`` sets."""
+    yield
+    if "helper_plotting" in sys.modules:
+        sys.modules["helper_plotting"].save_figures_to(None)
 
 
 @pytest.fixture(scope="session")

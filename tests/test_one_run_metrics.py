@@ -55,16 +55,13 @@ def test_record_ties_each_decoders_entry_to_its_checkpoint(tmp_path: Path) -> No
     assert metrics["latent"] == {} and metrics["run_ids"]["runs"] == {"transpose": "second"}
 
 
-def test_training_options_are_notebook_1s_bookkeeping(tmp_path: Path) -> None:
-    from helper_data import get_cached_dataloaders_celeba
-
-    s = start_notebook(dataset="synthetic", data_root=tmp_path / "data", output_dir=tmp_path / "out", device="cpu",
-                       num_synthetic=30)
-    train, valid, test = get_cached_dataloaders_celeba(8, s.device, root=s.data)
-    options = s.training_options(s.recipe, train, valid, test, latent_dim=16, resume=False, precision="fp32",
-                                 compile=False)
-    files = s.files()
-    assert options["checkpoint_path"] == files.checkpoint and options["save_model"] == files.weights
-    assert options["epoch_images"].folder == files.epoch_images and options["epoch_images"].noise.shape[1] == 16
-    assert options["valid_loader"] is valid and options["settings"]["data"]["images"] == len(train.dataset)
-    assert (options["resume"], options["precision"], options["compile"]) == (False, "fp32", False)
+def test_the_run_holds_the_overridden_recipe_and_its_loaders(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = start_notebook(dataset="synthetic", data_root=tmp_path / "data", output_dir=tmp_path / "out", device="cpu",
+                         num_synthetic=30, batch_size=8, train_images=10)
+    assert "Training instead: demo, batch_size=8, train_images=10" in capsys.readouterr().out
+    assert (run.recipe.batch_size, run.recipe.train_images) == (8, 10)
+    for kind in ("fast", "lecture"):
+        train, _, _ = run.dataloaders(kind)
+        assert len(train.dataset) == 10 and len(next(iter(train))[0]) == 8, kind
+    with pytest.raises(ValueError, match="loader='slow'"):
+        run.dataloaders("slow")

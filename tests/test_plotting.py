@@ -33,6 +33,39 @@ def loader() -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.rand(4, 3, 128, 128), torch.zeros(4, 40, dtype=torch.int64))]
 
 
+def test_a_titled_figure_goes_to_the_configured_folder_named_after_its_title(tmp_path: Path) -> None:
+    hp.save_figures_to(tmp_path / "figures", prefix="transpose_", title_note=" (SYNTHETIC faces, not CelebA)")
+    fig = hp.plot_images_sampled_from_vae(VAE(), "cpu", 200, num_images=2, title="16 faces decoded from N(0, I)")
+    assert fig._suptitle.get_text() == "16 faces decoded from N(0, I) (SYNTHETIC faces, not CelebA)"
+    _png(tmp_path / "figures" / "transpose_16_faces_decoded_from_n_0_i.png")
+    hp.plot_images_sampled_from_vae(VAE(), "cpu", 200, num_images=2, title="Samples", save_path=tmp_path / "mine.png")
+    _png(tmp_path / "mine.png")
+    assert not (tmp_path / "figures" / "transpose_samples.png").exists(), "an explicit save_path must win"
+    hp.plot_images_sampled_from_vae(VAE(), "cpu", 200, num_images=2)
+    assert len(list((tmp_path / "figures").iterdir())) == 1, "a figure without a title has no name to be saved under"
+    assert hp.figure_file("epochs.gif") == tmp_path / "figures" / "transpose_epochs.gif"
+
+
+def test_without_a_configured_folder_nothing_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    fig = hp.plot_images_sampled_from_vae(VAE(), "cpu", 200, num_images=2, title="Samples")
+    assert fig._suptitle.get_text() == "Samples" and not list(tmp_path.iterdir())
+    assert hp.figure_file("epochs.gif") is None
+    with pytest.raises(ValueError, match="needs a path"):
+        hp.save_epoch_gif(tmp_path)
+
+
+def test_the_running_average_is_sized_to_the_run() -> None:
+    assert hp.averaging_window(100, num_epochs=10) == 5  # 10 minibatches per epoch: half an epoch
+    assert hp.averaging_window(636 * 50, num_epochs=50) == 100  # the lecture's run keeps its 100
+    assert hp.averaging_window(3, num_epochs=3) == 1
+    fig = hp.plot_training_loss(list(np.linspace(5000, 600, 100)), num_epochs=10)
+    average = next(line for line in fig.axes[0].lines if line.get_label() == "Running Average")
+    assert average.get_xdata()[0] == 4, "the running average must start within the first epoch"
+    fig = hp.plot_training_loss(list(np.linspace(5000, 600, 100)), num_epochs=10, averaging_iterations=20)
+    assert next(line for line in fig.axes[0].lines if line.get_label() == "Running Average").get_xdata()[0] == 19
+
+
 def test_training_loss(tmp_path: Path) -> None:
     losses = list(torch.linspace(3000, 600, 300) + torch.rand(300) * 50)
     fig = hp.plot_training_loss(losses, num_epochs=3, averaging_iterations=20, custom_label=" (KL)",

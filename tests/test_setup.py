@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from celeba_vae.checkpoint import save_checkpoint
 from celeba_vae.paths import REPO_ROOT, project_path
 from celeba_vae.recipes import RECIPES, choose_recipe
 from celeba_vae.synthetic import write_synthetic_celeba
+from helper_plotting import save_figure
 from helper_setup import start_notebook
 from model import VAE
 
@@ -49,19 +51,25 @@ def test_without_celeba_the_first_lines_say_so(tmp_path: Path, capsys: pytest.Ca
     text = "\n".join(printed)
     assert str(tmp_path / "empty") in text and "img_align_celeba" in text and "--download" in text
     assert setup.data.kind == "synthetic" and setup.recipe.name == "demo"
-    assert setup.title("Samples") == "Samples (SYNTHETIC faces, not CelebA)"
     assert f"outputs: {tmp_path / 'out'}" in text
+    figure = plt.figure()
+    save_figure(figure, title="Samples")
+    assert figure._suptitle.get_text() == "Samples (SYNTHETIC faces, not CelebA)"
+    assert (tmp_path / "out" / "figures" / "transpose_samples.png").is_file()
 
 
 def test_with_celeba_it_says_which_and_where(celeba_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     setup = start_notebook(dataset="auto", data_root=celeba_root, output_dir=tmp_path / "out", device="cpu")
     printed = capsys.readouterr().out
     assert printed.startswith(f"Using CelebA (torchvision layout) from {celeba_root}")
-    assert "SYNTHETIC" not in printed and setup.title("Samples") == "Samples"
+    assert "SYNTHETIC" not in printed
+    figure = plt.figure()
+    save_figure(figure, title="Samples")
+    assert figure._suptitle.get_text() == "Samples"
     identity = read_index(find_celeba(celeba_root)).identity()
     assert setup.data.record(10) == {"kind": "celeba", "layout": "torchvision", "root": str(celeba_root), **identity,
                                      "images": 10}
-    assert setup.checkpoint == tmp_path / "out" / "transpose" / "checkpoint.pt"
+    assert setup.files().checkpoint == tmp_path / "out" / "transpose" / "checkpoint.pt"
 
 
 def test_auto_recipe_follows_device_and_data(capsys: pytest.CaptureFixture[str]) -> None:
@@ -98,7 +106,7 @@ def test_weights_from_synthetic_faces_are_refused_once_celeba_is_there(
 ) -> None:
     demo = start_notebook(dataset="auto", data_root=tmp_path / "empty",
                           output_dir=tmp_path / "out", device="cpu", num_synthetic=12)
-    save_checkpoint(demo.checkpoint, VAE(), epoch=1, settings=demo.checkpoint_settings(demo.recipe, 9))
+    save_checkpoint(demo.files().checkpoint, VAE(), epoch=1, settings=demo.checkpoint_settings(demo.recipe, 9))
     assert isinstance(demo.load_model(), VAE)
     with_celeba = start_notebook(dataset="auto", data_root=celeba_root, output_dir=tmp_path / "out", device="cpu")
     with pytest.raises(ValueError, match=r"(?s)trained on synthetic.*synthetic-celeba-12-seed123.*uses CelebA"):
@@ -107,7 +115,8 @@ def test_weights_from_synthetic_faces_are_refused_once_celeba_is_there(
 
 def test_weights_travel_with_the_data_not_with_their_path(tmp_path: Path, celeba_root: Path) -> None:
     trained = start_notebook(dataset="celeba", data_root=celeba_root, output_dir=tmp_path / "out", device="cpu")
-    save_checkpoint(trained.checkpoint, VAE(), epoch=1, settings=trained.checkpoint_settings(trained.recipe, 48))
+    save_checkpoint(trained.files().checkpoint, VAE(), epoch=1,
+                    settings=trained.checkpoint_settings(trained.recipe, 48))
     moved = write_synthetic_celeba(tmp_path / "moved", num_images=60, seed=7, layout="kaggle")
     assert isinstance(start_notebook(dataset="celeba", data_root=moved,
                                      output_dir=tmp_path / "out", device="cpu").load_model(), VAE)
