@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -235,3 +238,12 @@ def test_a_knob_that_was_not_swept_gets_one_line_and_no_table(
     table = shown[0].data.splitlines()
     assert len(table) == 4 and table[2].startswith("| nearest |") and "transpose (lecture)" in table[3]
     assert len(shown) == 3 and "latent_dim was not swept" not in capsys.readouterr().out
+
+
+def test_importing_the_helpers_of_notebooks_3_to_5_loads_neither_scikit_learn_nor_widgets() -> None:
+    code = ("import sys, helper_explorer, helper_findings, helper_knobs, helper_latent, helper_probe\n"
+            "print(sorted(m for m in ('sklearn', 'ipywidgets') if m in sys.modules))")
+    repo = NOTEBOOK.parent.parent
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, check=False,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
