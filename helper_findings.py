@@ -192,8 +192,9 @@ def latent_findings(facts: Mapping[str, Any]) -> Markdown:
 
 
 def _edge_strength(images: torch.Tensor) -> float:
-    """Mean absolute difference between neighbouring pixels (pixels in [0, 1]): higher is sharper."""
-    images = images.float()
+    """Mean absolute difference between neighbouring pixels of the images at half resolution (means of 2x2 blocks,
+    which cancel a stride-2 grid, so that the grid does not count as detail); pixels in [0, 1]: higher is sharper."""
+    images = torch.nn.functional.avg_pool2d(images.float(), 2)
     return float(((images[..., 1:, :] - images[..., :-1, :]).abs().mean()
                   + (images[..., :, 1:] - images[..., :, :-1]).abs().mean()) / 2)
 
@@ -236,7 +237,8 @@ def decoded_averages_findings(pixel_averages: torch.Tensor, decoded_averages: to
             if decoded > CHECKERBOARD_RATIO * real else
             f"no grid beyond the pixel averages' (within {CHECKERBOARD_RATIO}x)")
     return Markdown(f"**Measured on these {len(pixel_averages)} averages:** edge strength (mean difference between "
-                    f"neighbouring pixels) {decoded_edges:.4f} decoded vs {pixel_edges:.4f} in pixel space: {sharper}. "
+                    f"neighbouring pixels at half resolution, where the grid cancels out) {decoded_edges:.4f} decoded "
+                    f"vs {pixel_edges:.4f} in pixel space: {sharper}. "
                     f"Checkerboard score {decoded:,.2f} decoded vs {real:,.2f} in pixel space: {grid}.")
 
 
@@ -252,37 +254,41 @@ def entanglement_findings(latent_means: AttributeMeans, attribute: str) -> Markd
 
 def code_length_facts(z_mean: torch.Tensor, z: torch.Tensor | None = None, seed: int = 0) -> dict[str, Any]:
     """Lengths of the posterior means (and of the sampled codes ``z``) against as many codes drawn from N(0, I), the
-    codes the decoder gets when it samples: mean, range, and the share of prior draws longer than the longest
-    mean."""
+    codes the decoder gets when it samples: mean, median and range, and the share of prior draws longer than the
+    median face's mean."""
     means = z_mean.detach().float().norm(dim=1)
     prior = torch.randn(max(len(means), 1000), z_mean.shape[1], generator=torch.Generator().manual_seed(seed))
     prior = prior.norm(dim=1)
+    median = float(means.median())
     return {"images": len(means), "latent_dim": z_mean.shape[1], "mean_length": float(means.mean()),
-            "min_length": float(means.min()), "max_length": float(means.max()),
+            "median_length": median, "min_length": float(means.min()), "max_length": float(means.max()),
             "sampled_length": float(z.detach().float().norm(dim=1).mean()) if z is not None else None,
-            "prior_length": float(prior.mean()), "prior_beyond_means": float((prior > means.max()).float().mean())}
+            "prior_length": float(prior.mean()), "prior_beyond_median": float((prior > median).float().mean())}
 
 
 def code_length_findings(facts: Mapping[str, Any]) -> Markdown:
     """What :func:`code_length_facts` measured, and what it means for decoding codes drawn from N(0, I)."""
     dim, mean, prior = facts["latent_dim"], facts["mean_length"], facts["prior_length"]
+    sampled = facts["sampled_length"]
     lines = [(f"**Code lengths in this run:** the posterior means of {facts['images']:,} faces have length "
-              f"{mean:.1f} on average (range {facts['min_length']:.1f}-{facts['max_length']:.1f}); "
-              + ("the sampled codes z = mu + sigma * eps, which the decoder trained on, "
-                 f"{facts['sampled_length']:.1f}; " if facts["sampled_length"] is not None else "")
+              f"{mean:.1f} on average (median {facts['median_length']:.1f}, range {facts['min_length']:.1f}-"
+              f"{facts['max_length']:.1f}); "
+              + (f"the sampled codes z = mu + sigma * eps, which the decoder trained on, {sampled:.1f}; "
+                 if sampled is not None else "")
               + f"codes drawn from N(0, I) {prior:.1f} (sqrt({dim}) = {dim ** 0.5:.1f}).")]
+    beyond = f"{facts['prior_beyond_median']:.0%} of the prior's draws are longer than the median face's mean"
     if mean < (1 - SAME_LENGTH) * prior:
-        lines.append("The faces' means sit closer to the origin than the prior's draws: "
-                     f"{facts['prior_beyond_means']:.0%} of the draws are longer than the longest mean. A sample from "
-                     "N(0, I) asks the decoder for a code unlike those it reconstructs faces from, one reason samples "
-                     "can look less like faces than reconstructions: compare part 2's samples with its "
-                     "reconstructions.")
+        noise = (" The decoder met codes that long only as a face's mean plus the encoder's noise (the sampled codes "
+                 "above)." if sampled is not None else "")
+        lines.append(f"The faces' means sit closer to the origin than the prior's draws: {beyond}. Reconstructions "
+                     "decode the means; a sample from N(0, I) lies further out than most of them." + noise
+                     + " Do part 2's samples look less like faces than its reconstructions?")
     elif mean > (1 + SAME_LENGTH) * prior:
-        lines.append("The faces' means reach further out than the prior's draws: a sample from N(0, I) lies nearer "
-                     "the origin than most faces' codes. Do part 2's samples look like average faces?")
+        lines.append(f"The faces' means reach further out than the prior's draws ({beyond}): a sample from N(0, I) "
+                     "lies nearer the origin than most faces' codes. Do part 2's samples look like average faces?")
     else:
-        lines.append(f"The faces' means are about as long as the prior's draws (within {SAME_LENGTH:.0%}): by length "
-                     "alone, a sample from N(0, I) looks like a face's code to the decoder.")
+        lines.append(f"The faces' means are about as long as the prior's draws (within {SAME_LENGTH:.0%}; {beyond}): "
+                     "by length alone, a sample from N(0, I) looks like a face's code to the decoder.")
     return Markdown("\n\n".join(lines))
 
 
@@ -294,12 +300,14 @@ def probe_findings(probe: Sequence[Mapping[str, Any]], fit_images: int, test_ima
     if not scored:
         return Markdown("**The probe:** no attribute has both classes among the fitting codes, so none was probed.")
     above = sum(score > 0.6 for _, score in scored)
-    named = ", ".join(f"{name} {score:.2f}" for name, score in scored if name in PROBE_SHOWN)
+    by_name = dict(scored)
+    named = ", ".join(f"{name} {by_name[name]:.2f}" for name in PROBE_SHOWN if name in by_name)
     best = ", ".join(f"{name} {score:.2f}" for name, score in scored[:3])
     worst = ", ".join(f"{name} {score:.2f}" for name, score in scored[-3:])
     return Markdown(f"**This run's probe** (fitted on {fit_images:,} codes, scored on {test_images:,} others): "
                     f"balanced accuracy above 0.6 for {above} of {len(scored)} attributes; highest {best}; lowest "
-                    f"{worst}" + (f"; {named}" if named else "") + " (0.5 is chance).")
+                    f"{worst}" + (f"; the attributes parts 3 and 4 name: {named}" if named else "")
+                    + " (0.5 is chance).")
 
 
 def strongest_dimensions_findings(z_mean: torch.Tensor, k: int = 5) -> Markdown:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -43,6 +43,9 @@ from helper_quality import FrechetScore, PosteriorMeans, checkerboard_score, inc
 from helper_train import adam, evaluate_vae, train_vae_v1
 from helper_utils import eval_mode, format_number, load_model, markdown_table, set_all_seeds
 from model import VAE
+
+if TYPE_CHECKING:
+    from helper_setup import NotebookRun
 
 MEASURES: tuple[tuple[str, str, int], ...] = (
     ("test_loss", "test loss (rec. + KL)", 1),
@@ -369,7 +372,7 @@ class SweepResults:
         return any(run["knob"] == knob for run in self.runs)
 
 
-def run_sweep(runs: Sequence[KnobSettings], notebook: Any, plan: Recipe, measure_fid: bool = True,
+def run_sweep(runs: Sequence[KnobSettings], notebook: NotebookRun, plan: Recipe, measure_fid: bool = True,
               num_samples: int = 512, probe_images: int = 2000) -> SweepResults:
     """Notebook 5's sweep in one call: the same loaders for every run (``plan``'s images and batch size, the
     notebook's seed and data), the plan printed with the time it will take, FID set up (or one line why not),
