@@ -114,7 +114,7 @@ def knob_grid(knobs: Sequence[str] = tuple(KNOB_VALUES), values: Mapping[str, Se
 class KnobSweep:
     """Every run of a sweep on the same data, seed and epochs (``plan``), saved under ``folder``.
 
-    ``data_settings``: what identifies the data and recipe (``NotebookSetup.checkpoint_settings``); a saved run
+    ``data_settings``: what identifies the data and recipe (``NotebookRun.checkpoint_settings``); a saved run
     with other settings is refused, not silently reused. ``num_samples`` test faces and as many samples from the
     prior are compared by the sample measures; ``probe_images`` validation codes fit the attribute probe.
     ``frechet=False`` builds no Fréchet metric at all (its column stays empty).
