@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 import warnings
 import weakref
 from pathlib import Path
@@ -488,11 +489,16 @@ def test_on_mps_the_features_are_computed_there_and_the_sums_stay_on_the_cpu(
     assert {dtype for _, dtype in extractor.seen} == {torch.uint8 if feature == "inception" else torch.float32}
 
 
-def test_fid_without_its_weights_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fid_without_its_weights_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import torchmetrics.image.fid
+
     def no_internet(*args: object, **kwargs: object) -> nn.Module:
+        print("Downloading: https://github.com/toshas/torch-fidelity/...", file=sys.stderr)  # as the download does
         raise OSError("<urlopen error [Errno -2] Name or service not known>")
 
-    monkeypatch.setattr(helper_quality, "NoTrainInceptionV3", no_internet)
+    monkeypatch.setattr(torchmetrics.image.fid, "NoTrainInceptionV3", no_internet)
     score, message = inception_fid(torch.rand(4, 3, 8, 8))
     assert score is None and "\n" not in message
     assert message.startswith("FID skipped") and "Name or service not known" in message
+    assert capsys.readouterr() == ("", ""), "the download's own output is shown before the one line"
