@@ -7,19 +7,21 @@ not. A notebook states a result only through these, so every sentence is true fo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from IPython.display import Markdown
 
 from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES
 from celeba_vae.recipes import KNOB_VALUES, knob_runs
-from helper_data import AttributeMeans, attribute_index
+from helper_data import AttributeMeans, attribute_index, first_images
 from helper_plotting import EpochImages
-from helper_quality import checkerboard_score
+from helper_spectra import checkerboard_score
+from helper_utils import eval_mode
 
 LECTURE_EPOCHS = 50
 LECTURE_IMAGE_STEPS = LECTURE_EPOCHS * OFFICIAL_SPLIT_SIZES["train"]
@@ -27,6 +29,7 @@ LECTURE_FIRST_LOSS = {"transpose": 5556.7, "nearest": 4594.0}
 LECTURE_MINUTES = {"transpose": 82.0, "nearest": 90.7}
 STILL_FALLING = 0.01  # a last epoch that lowers the loss by more than 1% counts as still falling
 CHECKERBOARD_RATIO = 1.5  # a checkerboard score above 1.5x the real faces' counts as a checkerboard
+SAME_SCORE = 0.01  # checkerboard scores within 1% of each other count as the same
 VISIBLE = 0.05  # a pixel difference of 0.05 (13 of 255 grey levels) shows when two images are side by side
 VISIBLE_SHARE = 0.01  # an attribute's average faces differ visibly when 1% of the pixels differ by VISIBLE or more
 SAME_LENGTH = 0.1  # code lengths within 10% of each other count as about the same
@@ -121,12 +124,14 @@ def progress_findings(metrics: Mapping[str, Any], decoder: str) -> Markdown:
 
 def checkerboard_over_training(folder: str | Path, num_epochs: int | None = None) -> list[dict[str, float]]:
     """Checkerboard scores of the fixed faces' reconstructions and decoded noise after each epoch, read back from
-    the ``epoch_*.png`` part 1 kept (the first ``num_epochs``): ``[{"epoch", "reconstructions", "samples"}]``."""
+    the ``epoch_*.png`` part 1 kept (the first ``num_epochs``), beside the score of the fixed faces themselves (the
+    same faces, so the three compare): ``[{"epoch", "reconstructions", "samples", "real", "faces"}]``."""
     scores = []
     for epoch, file in EpochImages.saved(folder, num_epochs):
-        _, reconstructions, samples = EpochImages.read(file)
+        originals, reconstructions, samples = EpochImages.read(file)
         scores.append({"epoch": epoch, "reconstructions": checkerboard_score(reconstructions),
-                       "samples": checkerboard_score(samples)})
+                       "samples": checkerboard_score(samples), "real": checkerboard_score(originals),
+                       "faces": len(originals)})
     return scores
 
 
@@ -136,21 +141,47 @@ def _verdict(score: float, real: float) -> str:
     return f"{score:,.2f}, within {CHECKERBOARD_RATIO}x of the real faces': no checkerboard beyond theirs"
 
 
+def _series(over_training: Sequence[Mapping[str, float]], key: str) -> str:
+    """'32.30 after epoch 1 and 4.90 after epoch 10, down in 8 of 9 epochs (highest 40.10 after epoch 2)'."""
+    epochs = [entry["epoch"] for entry in over_training]
+    values = [entry[key] for entry in over_training]
+    steps = list(pairwise(values))
+    moved = [(a, b) for a, b in steps if abs(b - a) > SAME_SCORE * max(a, b)]
+    down, up = sum(b < a for a, b in moved), sum(b > a for a, b in moved)
+    said = f"{values[0]:,.2f} after epoch {epochs[0]} and {values[-1]:,.2f} after epoch {epochs[-1]}"
+    if not moved:
+        return f"{said}, about the same every epoch"
+    if down == len(steps):
+        return f"{said}, down every epoch"
+    if up == len(steps):
+        return f"{said}, up every epoch"
+    peak = max(range(len(values)), key=values.__getitem__)
+    return (f"{said}, down in {down} and up in {up} of {len(steps)} epochs (highest {values[peak]:,.2f} after "
+            f"epoch {epochs[peak]})")
+
+
 def checkerboard_findings(
     measures: Mapping[str, float], decoder: str, over_training: Sequence[Mapping[str, float]] = (),
     image_steps: int | None = None,
 ) -> Markdown:
-    """The checkerboard scores of this run (``spectral_measures`` of one decoder), how they changed from the first
-    to the last epoch, and how that squares with the lecture's "I don't see any checkerboard" after 50 epochs."""
+    """The checkerboard scores of this run (``spectral_measures`` of one decoder), their course over the epochs on
+    part 1's fixed faces (each compared with those faces' own score), and how that squares with the lecture's
+    "I don't see any checkerboard" after 50 epochs."""
     real = measures["real_checkerboard_score"]
-    lines = [(f"**This run's {decoder} decoder.** Real test faces score {real:.2f}. Reconstructions: "
+    faces = f" ({measures['num_images']:,.0f} of them, and as many samples)" if "num_images" in measures else ""
+    lines = [(f"**This run's {decoder} decoder.** Real test faces score {real:.2f}{faces}. Reconstructions: "
              f"{_verdict(measures['reconstruction_checkerboard_score'], real)}. Samples: "
              f"{_verdict(measures['sample_checkerboard_score'], real)}.")]
+    fell: list[str] | None = None
     if len(over_training) > 1:
-        first, last = over_training[0], over_training[-1]
-        lines.append(f"Over training (the 8 fixed faces part 1 drew after every epoch): reconstructions "
-                     f"{first['reconstructions']:,.2f} after epoch {first['epoch']}, {last['reconstructions']:,.2f} "
-                     f"after epoch {last['epoch']}; samples {first['samples']:,.2f}, then {last['samples']:,.2f}.")
+        last = over_training[-1]
+        lines.append(f"Over training, on the {last['faces']:.0f} fixed test faces of part 1's epoch pictures (which "
+                     f"themselves score {last['real']:.2f}; a score averages the spectrum of its faces, so it differs "
+                     f"from the numbers above): reconstructions {_series(over_training, 'reconstructions')}; samples "
+                     f"{_series(over_training, 'samples')}. After the last epoch: reconstructions "
+                     f"{_verdict(last['reconstructions'], last['real'])}; samples "
+                     f"{_verdict(last['samples'], last['real'])}.")
+        fell = [k for k in ("reconstructions", "samples") if last[k] < (1 - SAME_SCORE) * over_training[0][k]]
     elif over_training:
         lines.append("Part 1 kept the faces of a single epoch, so there is no change over training to show.")
     seen = any(measures[k] > CHECKERBOARD_RATIO * real
@@ -158,12 +189,131 @@ def checkerboard_findings(
     steps = f" after {lecture_share(image_steps)}" if image_steps else ""
     more = f"{LECTURE_IMAGE_STEPS / image_steps:,.0f} times as much training" if image_steps else "more training"
     if seen:
-        lines.append(f"The lecture saw no checkerboard after its 50 epochs; this run measures one{steps}. Both can "
-                     f"be true: this run cannot tell whether the pattern fades with {more}, and a score well above "
-                     "the real faces' can still be faint at normal size (the zoom shows how it looks).")
+        if fell is None:
+            course = f"With one epoch, this run cannot show how the pattern changes with training ({more})."
+        elif len(fell) == 2:
+            course = ("Both scores fell from the first epoch to the last: the pattern was fading as training went on; "
+                      f"whether it is gone after {more}, as in the lecture, this run cannot show.")
+        elif fell:
+            other = "samples" if fell == ["reconstructions"] else "reconstructions"
+            course = (f"The {fell[0]}' score fell from the first epoch to the last, the {other}' did not: no clear "
+                      f"sign yet of the pattern fading (the lecture's run had {more}).")
+        else:
+            course = ("Neither score fell from the first epoch to the last: no sign yet of the pattern fading (the "
+                      f"lecture's run had {more}).")
+        lines.append(f"The lecture saw no checkerboard after its 50 epochs (\"I don't see any checkerboard\"); this "
+                     f"run measures one{steps}. {course} A score well above the real faces' can still be faint at "
+                     "normal size: the zoom shows how it looks.")
     else:
         lines.append(f"This agrees with the lecture's \"I don't see any checkerboard\"{steps}.")
     return Markdown("\n\n".join(lines))
+
+
+@torch.no_grad()
+def sample_facts(model: torch.nn.Module, data_loader: Iterable, device: str | torch.device, num_samples: int = 16,
+                 max_images: int = 512, seed: int = 123) -> dict[str, Any]:
+    """Where codes drawn from N(0, I) land, and how sharp their faces are, against the test faces' own codes.
+
+    ``code_lengths``: the mean, lowest and highest length of the posterior means of up to ``max_images`` faces of
+    ``data_loader``; ``prior_length``: the mean length of ``num_samples`` codes drawn with ``seed`` (about
+    sqrt(latent_dim)); ``beyond_faces``: the share of those draws longer than every face's code. ``edges``: the mean
+    absolute difference between neighbouring pixels of the images at half resolution (2x2 averages, which remove a
+    stride-2 pattern, so this measures blur alone) of the real faces, their reconstructions and the samples.
+    """
+    lengths, edges = [], {"real": [], "reconstructions": [], "samples": []}
+    with eval_mode(model):
+        for images, _ in first_images(data_loader, max_images):
+            images = images.to(device, torch.float32)
+            z_mean = model.encode(images)[0].float()
+            lengths.append(z_mean.norm(dim=1).cpu())
+            edges["real"].append(_edge_strength(images))
+            edges["reconstructions"].append(_edge_strength(model.decode(z_mean)))
+        z = torch.randn(num_samples, model.latent_dim, generator=torch.Generator().manual_seed(seed))
+        edges["samples"].append(_edge_strength(model.decode(z.to(device))))
+    lengths = torch.cat(lengths)
+    drawn = z.norm(dim=1)
+    return {"images": len(lengths), "latent_dim": model.latent_dim, "samples": num_samples,
+            "code_length": float(lengths.mean()), "code_length_min": float(lengths.min()),
+            "code_length_max": float(lengths.max()), "prior_length": float(drawn.mean()),
+            "beyond_faces": float((drawn > lengths.max()).float().mean()),
+            "edges": {kind: float(torch.cat(values).mean()) for kind, values in edges.items()}}
+
+
+def _edge_strength(images: torch.Tensor) -> torch.Tensor:
+    """Per image: the mean absolute difference between neighbouring pixels after 2x2 averaging."""
+    half = F.avg_pool2d(images.float(), 2)
+    return ((half[..., 1:, :] - half[..., :-1, :]).abs().mean(dim=(1, 2, 3))
+            + (half[..., 1:] - half[..., :-1]).abs().mean(dim=(1, 2, 3))).cpu() / 2
+
+
+def sample_findings(facts: Mapping[str, Any]) -> Markdown:
+    """Where this run's samples come from and how blurry they are, against its reconstructions; and a question."""
+    edges = facts["edges"]
+    ratio = edges["samples"] / edges["reconstructions"]
+    blur = ("blurrier than" if ratio < 0.9 else "sharper than" if ratio > 1.1 else "about as sharp as")
+    share = facts["code_length"] / facts["prior_length"]
+    where = ("prior draws land farther out than most faces' codes" if share < 0.85 else
+             "prior draws land nearer the centre than most faces' codes" if share > 1.15 else
+             "by length, prior draws sit among the faces' codes")
+    beyond = (f"{facts['beyond_faces']:.0%} of the draws are longer than every face's code (farther out than any "
+              "code the decoder was trained on here)" if facts["beyond_faces"] else
+              "none of the draws is longer than the longest face's code")
+    return Markdown(
+        f"**This run's samples.** The posterior means of {facts['images']:,} test faces have length "
+        f"{facts['code_length']:.1f} on average (from {facts['code_length_min']:.1f} to "
+        f"{facts['code_length_max']:.1f}); the {facts['samples']} codes drawn from N(0, I) for the samples above "
+        f"have length {facts['prior_length']:.1f} on average (about sqrt({facts['latent_dim']}) = "
+        f"{facts['latent_dim'] ** 0.5:.1f}): {where}, and {beyond}. Edge strength (at half resolution, where a "
+        f"stride-2 pattern averages out): real faces {edges['real']:.4f}, reconstructions "
+        f"{edges['reconstructions']:.4f}, samples {edges['samples']:.4f}, so the samples are {blur} the "
+        f"reconstructions ({ratio:.0%} of their edge strength).\n\n"
+        "**Your turn:** how many of the 16 would you call a face? Length is only one thing the KL term pulls "
+        "towards the prior; part 3 looks at the codes dimension by dimension.")
+
+
+@torch.no_grad()
+def reconstruction_facts(model: torch.nn.Module, data_loader: Iterable, device: str | torch.device,
+                         max_images: int = 512, block: int = 16) -> dict[str, Any]:
+    """How the reconstructions' squared error splits into coarse content (the mean colour of each ``block`` x
+    ``block`` square: layout, skin tone, background) and finer detail; the two add up to the whole."""
+    coarse = total = 0.0
+    seen = 0
+    with eval_mode(model):
+        for images, _ in first_images(data_loader, max_images):
+            images = images.to(device, torch.float32)
+            error = model.reconstruct(images).float() - images
+            total += float(error.pow(2).sum())
+            coarse += float(F.avg_pool2d(error, block).pow(2).sum()) * block**2
+            seen += len(images)
+    return {"images": seen, "block": block, "sse_per_image": total / seen, "coarse_share": coarse / total}
+
+
+def reconstruction_findings(facts: Mapping[str, Any]) -> Markdown:
+    """Whether this run's reconstructions lose more of the coarse content or of the detail."""
+    share = facts["coarse_share"]
+    reading = ("most of what is lost is finer detail; the coarse content comes through better" if share < 0.4 else
+               "the error is split about evenly between coarse content and detail" if share <= 0.6 else
+               "most of the error is in the coarse content itself: even the layout and colours are not reproduced "
+               "well yet")
+    return Markdown(f"**These reconstructions** ({facts['images']:,} test faces, decoded posterior means): "
+                    f"{share:.0%} of the squared error ({facts['sse_per_image']:,.1f} per image) is in the coarse "
+                    f"content (the mean colour of each {facts['block']}x{facts['block']} square: layout, skin tone, "
+                    f"background), {1 - share:.0%} in finer detail: {reading}. Which faces above lost the most, "
+                    "and what did they have in common?")
+
+
+def decoder_findings(originals: torch.Tensor, reconstructions: Mapping[str, torch.Tensor]) -> Markdown:
+    """How far apart two decoders' reconstructions of the same faces are, against how far each is from the faces:
+    this run's answer to the lecture's "pretty much the same"."""
+    (first, a), (second, b) = list(reconstructions.items())[:2]
+    between = float((a - b).abs().mean())
+    misses = {name: float((images - originals).abs().mean()) for name, images in ((first, a), (second, b))}
+    alike = between < 0.5 * min(misses.values())
+    reading = ("they differ much less than either differs from the faces: alike, as the lecture found" if alike else
+               "they differ about as much as they miss the faces: not the same faces, unlike the lecture's")
+    return Markdown(f"**Here:** the {first} and {second} reconstructions of these {len(originals)} faces differ by "
+                    f"{between:.3f} per pixel on average (pixels in [0, 1]); from the originals the {first} ones are "
+                    f"{misses[first]:.3f} away, the {second} ones {misses[second]:.3f}: {reading}.")
 
 
 def latent_facts(stats: Mapping[str, Any], num_images: int) -> dict[str, Any]:
@@ -189,14 +339,6 @@ def latent_findings(facts: Mapping[str, Any]) -> Markdown:
         lines.append(f"{total - active} inactive: z[{shown}]. Together they cost {facts['inactive_kl']:.2f} nats "
                      f"of the {facts['total_kl']:.2f}.")
     return Markdown("\n\n".join(lines))
-
-
-def _edge_strength(images: torch.Tensor) -> float:
-    """Mean absolute difference between neighbouring pixels of the images at half resolution (means of 2x2 blocks,
-    which cancel a stride-2 grid, so that the grid does not count as detail); pixels in [0, 1]: higher is sharper."""
-    images = torch.nn.functional.avg_pool2d(images.float(), 2)
-    return float(((images[..., 1:, :] - images[..., :-1, :]).abs().mean()
-                  + (images[..., :, 1:] - images[..., :, :-1]).abs().mean()) / 2)
 
 
 def average_faces_findings(pixel_means: AttributeMeans, attributes: Sequence[str]) -> Markdown:
@@ -225,7 +367,7 @@ def average_faces_findings(pixel_means: AttributeMeans, attributes: Sequence[str
 def decoded_averages_findings(pixel_averages: torch.Tensor, decoded_averages: torch.Tensor) -> Markdown:
     """Decoded average codes against pixel averages of the same faces, measured: edge strength (sharpness) and the
     checkerboard score (the grid of stride-2 layers), each (N, 3, H, W) in [0, 1]."""
-    pixel_edges, decoded_edges = _edge_strength(pixel_averages), _edge_strength(decoded_averages)
+    pixel_edges, decoded_edges = (float(_edge_strength(images).mean()) for images in (pixel_averages, decoded_averages))
     if decoded_edges > SHARPER * pixel_edges:
         sharper = "the decoded averages are **sharper** than the pixel averages"
     elif pixel_edges > SHARPER * decoded_edges:

@@ -39,7 +39,8 @@ from helper_data import first_images, get_cached_dataloaders_celeba
 from helper_latent import encode_dataset, latent_statistics
 from helper_plotting import plot_image_grid, save_figure
 from helper_probe import attribute_probe
-from helper_quality import FrechetScore, PosteriorMeans, checkerboard_score, inception_fid, reconstruction_metrics
+from helper_quality import FrechetScore, PosteriorMeans, inception_fid, reconstruction_metrics
+from helper_spectra import checkerboard_score
 from helper_train import adam, evaluate_vae, train_vae_v1
 from helper_utils import eval_mode, format_number, load_model, markdown_table, set_all_seeds
 from model import VAE

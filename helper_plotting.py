@@ -9,6 +9,7 @@ shows it as the lecture's scripts expect.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from matplotlib.backends import BackendFilter, backend_registry
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid
 
@@ -407,14 +408,28 @@ class EpochImages:
         faces, 2 pixels of padding), each (N, 3, H, W) in [0, 1]."""
         with Image.open(path) as picture:
             grid = pil_to_tensor(picture.convert("RGB")).float() / 255
-        size = (grid.shape[1] - 2) // 3 - 2
-        count = (grid.shape[2] - 2) // (size + 2)
-        if size < 4 or 3 * (size + 2) + 2 != grid.shape[1] or count * (size + 2) + 2 != grid.shape[2]:
-            raise ValueError(f"{path} is not a grid of three rows of square faces written by EpochImages.save")
+        size, count = EpochImages._layout(path, grid.shape[1], grid.shape[2])
         starts = range(2, count * (size + 2), size + 2)
         rows = [torch.stack([grid[:, top:top + size, left:left + size] for left in starts])
                 for top in range(2, 3 * (size + 2), size + 2)]
         return rows[0], rows[1], rows[2]
+
+    @staticmethod
+    def first_columns(path: str | Path, count: int) -> Image.Image:
+        """The first ``count`` columns of faces of one picture :meth:`save` wrote, with their padding, as an RGB
+        image (cut without decoding the faces into tensors)."""
+        with Image.open(path) as picture:
+            size, _ = EpochImages._layout(path, picture.height, picture.width)
+            return picture.convert("RGB").crop((0, 0, min(picture.width, 2 + count * (size + 2)), picture.height))
+
+    @staticmethod
+    def _layout(path: str | Path, height: int, width: int) -> tuple[int, int]:
+        """``(face size, faces per row)`` of a picture of ``height`` x ``width`` pixels that :meth:`save` wrote."""
+        size = (height - 2) // 3 - 2
+        count = (width - 2) // (size + 2)
+        if size < 4 or 3 * (size + 2) + 2 != height or count * (size + 2) + 2 != width:
+            raise ValueError(f"{path} is not a grid of three rows of square faces written by EpochImages.save")
+        return size, count
 
 
 def save_gif(frames: torch.Tensor, path: str | Path, duration_ms: int = 100) -> Path:
@@ -449,6 +464,7 @@ def save_epoch_gif(
         raise ValueError("save_epoch_gif needs a path: none given, and no figures folder set by save_figures_to")
     saved = EpochImages.saved(folder, num_epochs)
     frames = [_stamped_frame(file, epoch, len(saved), faces) for epoch, file in saved]
+    frames = _indexed_frames(frames)  # one palette, each frame mapped once: the size search only re-encodes them
     keep = len(frames)
     while True:
         chosen = [frames[round(i * (len(frames) - 1) / max(keep - 1, 1))] for i in range(keep)]
@@ -456,18 +472,53 @@ def save_epoch_gif(
         chosen[0].save(buffer, format="GIF", save_all=True, append_images=chosen[1:], duration=duration_ms, loop=0)
         if buffer.tell() <= max_bytes or keep <= 2:
             break
-        keep = max(2, keep * max_bytes // buffer.tell())
+        keep = max(2, min(keep - 1, int(keep * 0.95 * max_bytes / buffer.tell())))
     return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def _indexed_frames(frames: Sequence[Image.Image], every: int = 3) -> list[Image.Image]:
+    """``frames`` as palette images sharing one 256-colour palette, each mapped once: their own colours when the
+    first, middle and last frame have at most 256 (flat early epochs, drawn patterns), each kept exactly; else a
+    median cut of every ``every``-th pixel of those frames, as Pillow gives each GIF frame of its own."""
+    samples = (frames[0], frames[len(frames) // 2], frames[-1])
+    strip = Image.new("RGB", (samples[0].width, sum(sample.height for sample in samples)))
+    for i, sample in enumerate(samples):
+        strip.paste(sample, (0, i * samples[0].height))
+    sparse = strip.resize((max(1, strip.width // every), max(1, strip.height // every)), Image.Resampling.NEAREST)
+    palette = sparse.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    exact = strip.getcolors(256)
+    if not exact:
+        return [frame.quantize(palette=palette, dither=Image.Dither.NONE) for frame in frames]
+    # Pillow maps to a given palette through a coarse colour cache (255 can become 252), so exact colours are
+    # looked up here; a frame with a colour outside them falls back to Pillow's mapping.
+    colours = np.array([colour for _, colour in exact], dtype=np.int64)
+    keys = colours @ np.array([1 << 16, 1 << 8, 1])
+    order = np.argsort(keys)
+    indexed = []
+    for frame in frames:
+        pixels = np.asarray(frame, dtype=np.int64) @ np.array([1 << 16, 1 << 8, 1])
+        position = np.searchsorted(keys[order], pixels).clip(max=len(keys) - 1)
+        if not (keys[order][position] == pixels).all():
+            indexed.append(frame.quantize(palette=palette, dither=Image.Dither.NONE))
+            continue
+        picture = Image.frombytes("P", frame.size, order[position].astype(np.uint8).tobytes())
+        picture.putpalette(colours.astype(np.uint8).ravel().tolist())
+        indexed.append(picture)
+    return indexed
+
+
+@functools.cache
+def _stamp_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """The epoch counter's font, loaded once."""
+    return ImageFont.load_default(size=14)
 
 
 def _stamped_frame(file: Path, epoch: int, num_epochs: int, faces: int) -> Image.Image:
     """One epoch's picture cut to its first ``faces`` columns, with a strip on top that says which epoch it shows."""
-    rows = [row[:faces] for row in EpochImages.read(file)]
-    grid = make_grid(torch.cat(rows), nrow=len(rows[0]), pad_value=1.0)
-    picture = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
+    picture = EpochImages.first_columns(file, faces)
     frame = Image.new("RGB", (picture.width, picture.height + 22), "white")
     frame.paste(picture, (0, 22))
-    ImageDraw.Draw(frame).text((4, 4), f"epoch {epoch} of {num_epochs}", fill="black", font_size=14)
+    ImageDraw.Draw(frame).text((4, 4), f"epoch {epoch} of {num_epochs}", fill="black", font=_stamp_font())
     return frame
 
 

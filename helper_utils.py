@@ -104,7 +104,7 @@ def update_metrics(
     Given ``run_ids`` (the run id of each decoder's weights now on disk), the file never presents two models'
     results as one: the entries of ``values`` keyed by a decoder are recorded, in the file's ``"run_ids"`` section,
     as measured on those weights, and every entry measured on other weights of that decoder is dropped (the file as
-    it was is kept as ``metrics.json.bak``), said in one line.
+    it was is kept as ``metrics.json.bak``), said calmly in one line: nothing is printed on a first run.
     """
     path = Path(path)
     metrics = read_metrics(path)
@@ -118,8 +118,8 @@ def update_metrics(
             for name, decoder in stale:
                 del metrics[name][decoder]
                 stamps.get(name, {}).pop(decoder, None)
-            print(f"{path.name}: dropped {', '.join(f'{name} ({decoder})' for name, decoder in stale)}, measured on "
-                  f"weights since replaced; the previous file is {path.name}.bak")
+            print(f"{path.name}: {', '.join(f'{name} ({decoder})' for name, decoder in stale)} measured the weights "
+                  f"this run replaced; kept in {path.name}.bak, measured again by the notebooks that follow")
         stamps.setdefault(section, {}).update({key: run_ids[key] for key in values if key in run_ids})
     metrics.setdefault(section, {}).update(values)
     atomic_write(path, lambda f: f.write(json.dumps(metrics, indent=2).encode()))

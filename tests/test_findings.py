@@ -12,9 +12,10 @@ import helper_findings as hf
 from celeba_vae.celeba_files import CELEBA_ATTRIBUTE_NAMES
 from helper_data import AttributeMeans
 from helper_latent import latent_statistics
+from helper_plotting import EpochImages
 from helper_probe import attribute_probe
-from helper_quality import checkerboard_score
-from helper_train import EpochImages
+from helper_spectra import checkerboard_score
+from model import VAE
 
 
 def _log(valid: list[float], batches: int = 4, first: float = 5000.0) -> dict[str, list[float]]:
@@ -96,25 +97,115 @@ def test_checkerboard_over_training_reads_the_epoch_pictures_back(tmp_path: Path
     assert originals.shape == (4, 3, 128, 128) and (originals - faces).abs().max() < 1 / 255
     assert checkerboard_score(reconstructions) > 10 * checkerboard_score(originals)
     scores = hf.checkerboard_over_training(tmp_path / "epochs", num_epochs=2)
-    assert [s["epoch"] for s in scores] == [1, 2]
+    assert [s["epoch"] for s in scores] == [1, 2] and scores[0]["faces"] == 4
     assert scores[0]["reconstructions"] > 5 * scores[1]["reconstructions"]
     assert scores[0]["samples"] > 5 * scores[1]["samples"]
+    assert scores[0]["real"] == scores[1]["real"] == pytest.approx(checkerboard_score(originals)), "the same faces"
     with pytest.raises(FileNotFoundError, match="no epoch_"):
         hf.checkerboard_over_training(tmp_path / "nothing")
 
 
 def test_checkerboard_findings_above_and_below_the_threshold() -> None:
     measured = {"real_checkerboard_score": 1.05, "reconstruction_checkerboard_score": 8.1,
-                "sample_checkerboard_score": 1.2}
-    over = [{"epoch": 1, "reconstructions": 20.0, "samples": 9.0}, {"epoch": 10, "reconstructions": 8.1,
-                                                                     "samples": 1.2}]
+                "sample_checkerboard_score": 1.2, "num_images": 300.0}
+    over = [{"epoch": e, "reconstructions": r, "samples": s, "real": 1.1, "faces": 8}
+            for e, r, s in ((1, 20.0, 9.0), (2, 32.3, 79.9), (3, 9.0, 7.5))]
     text = _text(hf.checkerboard_findings(measured, "transpose", over, image_steps=80_000))
+    assert "Real test faces score 1.05 (300 of them, and as many samples)" in text
     assert "Reconstructions: 8.10, 7.7x the real faces': **a checkerboard**" in text
     assert "Samples: 1.20, within 1.5x of the real faces': no checkerboard" in text
-    assert "20.00 after epoch 1, 8.10 after epoch 10" in text
-    assert "102 times as much training" in text and "saw no checkerboard" in text
+    assert "on the 8 fixed test faces of part 1's epoch pictures (which themselves score 1.10" in text
+    assert ("reconstructions 20.00 after epoch 1 and 9.00 after epoch 3, down in 1 and up in 1 of 2 epochs "
+            "(highest 32.30 after epoch 2)") in text
+    assert "Both scores fell from the first epoch to the last" in text and "102 times as much training" in text
+    rising = [{**entry, "samples": 2.0 * entry["epoch"]} for entry in over]
+    text = _text(hf.checkerboard_findings(measured, "transpose", rising, image_steps=80_000))
+    assert "samples 2.00 after epoch 1 and 6.00 after epoch 3, up every epoch" in text
+    assert "The reconstructions' score fell from the first epoch to the last, the samples' did not" in text
+    flat = [{**entry, "reconstructions": 30.0 - 0.01 * entry["epoch"], "samples": 30.0} for entry in over]
+    text = _text(hf.checkerboard_findings(measured, "transpose", flat))
+    assert "reconstructions 29.99 after epoch 1 and 29.97 after epoch 3, about the same every epoch" in text
+    assert "Neither score fell" in text
+    assert "Neither score fell" in _text(hf.checkerboard_findings(measured, "transpose", [
+        {**entry, "reconstructions": 30.0, "samples": 30.0} for entry in over]))
     clean = _text(hf.checkerboard_findings({**measured, "reconstruction_checkerboard_score": 1.1}, "nearest"))
     assert "agrees with the lecture" in clean and "**a checkerboard**" not in clean
+
+
+def _facts(model: torch.nn.Module, images: torch.Tensor) -> dict:
+    return hf.sample_facts(model, [(images, torch.zeros(len(images)))], "cpu", num_samples=16, seed=3)
+
+
+def test_sample_findings_follow_the_code_lengths_and_the_blur_of_this_run() -> None:
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, 128, 128)
+    facts = _facts(VAE(), images)
+    assert facts["images"] == 6 and facts["prior_length"] == pytest.approx(200 ** 0.5, rel=0.1)
+    torch.manual_seed(1)
+    model = VAE()
+    facts = _facts(model, images)
+    with torch.no_grad():
+        lengths = model.eval().encode(images)[0].norm(dim=1)
+    assert facts["code_length_max"] == pytest.approx(float(lengths.max()), rel=1e-5)
+    assert facts["code_length"] == pytest.approx(float(lengths.mean()), rel=1e-5)
+    short = {**facts, "code_length": 4.0, "code_length_min": 3.0, "code_length_max": 5.0, "beyond_faces": 1.0,
+             "edges": {"real": 0.05, "reconstructions": 0.02, "samples": 0.01}}
+    text = _text(hf.sample_findings(short))
+    assert "length 4.0 on average (from 3.0 to 5.0)" in text
+    assert "100% of the draws are longer than every face's" in text
+    assert "prior draws land farther out than most faces' codes" in text
+    assert "samples are blurrier than the reconstructions (50% of their edge strength)" in text
+    sharp = {**short, "code_length": 14.0, "beyond_faces": 0.0,
+             "edges": {"real": 0.05, "reconstructions": 0.02, "samples": 0.03}}
+    text = _text(hf.sample_findings(sharp))
+    assert "none of the draws is longer than the longest face's code" in text
+    assert "by length, prior draws sit among the faces' codes" in text
+    assert "sharper than the reconstructions (150%" in text
+
+
+def test_the_edge_strength_ignores_a_stride_2_pattern_but_sees_blur() -> None:
+    smooth = torch.nn.functional.interpolate(torch.rand(2, 3, 16, 16), size=128, mode="bicubic").clamp(0, 1)
+    pattern = torch.ones(128, 128)
+    pattern[::2, ::2] = pattern[1::2, 1::2] = -1
+    assert hf._edge_strength(smooth + 0.05 * pattern) == pytest.approx(hf._edge_strength(smooth), abs=1e-5)
+    flat = torch.full((2, 3, 128, 128), 0.5)
+    assert (hf._edge_strength(flat) < hf._edge_strength(smooth)).all()
+
+
+class _Blur(torch.nn.Module):
+    """Reconstructs every face as flat grey (``coarse=True``) or exactly but with fine noise added."""
+
+    def __init__(self, coarse: bool) -> None:
+        super().__init__()
+        self.coarse = coarse
+
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        if self.coarse:
+            return torch.full_like(images, 0.5)
+        return images + 0.05 * torch.randn_like(images)
+
+
+def test_reconstruction_findings_split_the_error_into_coarse_content_and_detail() -> None:
+    torch.manual_seed(0)
+    faces = torch.nn.functional.interpolate(torch.rand(4, 3, 4, 4), size=128, mode="bicubic").clamp(0, 1)
+    loader = [(faces, torch.zeros(4))]
+    grey = hf.reconstruction_facts(_Blur(coarse=True), loader, "cpu")
+    noisy = hf.reconstruction_facts(_Blur(coarse=False), loader, "cpu")
+    assert grey["coarse_share"] > 0.9 and noisy["coarse_share"] < 0.1
+    assert grey["sse_per_image"] == pytest.approx(float(((faces - 0.5) ** 2).sum()) / 4, rel=1e-4)
+    assert "even the layout and colours are not reproduced" in _text(hf.reconstruction_findings(grey))
+    assert "most of what is lost is finer detail" in _text(hf.reconstruction_findings(noisy))
+    assert "split about evenly" in _text(hf.reconstruction_findings({**noisy, "coarse_share": 0.5}))
+
+
+def test_decoder_findings_say_alike_or_not_from_the_pictures() -> None:
+    torch.manual_seed(0)
+    faces = torch.rand(4, 3, 8, 8)
+    near = faces + 0.1
+    alike = _text(hf.decoder_findings(faces, {"transpose": near, "nearest": near + 0.01}))
+    assert "differ by 0.010 per pixel" in alike and "alike, as the lecture found" in alike
+    apart = _text(hf.decoder_findings(faces, {"transpose": near, "nearest": faces - 0.1}))
+    assert "not the same faces" in apart
 
 
 def test_latent_findings_count_the_active_units_and_their_kl() -> None:
@@ -188,7 +279,7 @@ def test_decoded_averages_are_measured_against_the_pixel_averages() -> None:
     assert "decoded averages are **sharper**" in text and "**a grid** shows" in text
     text = _text(hf.decoded_averages_findings(pixel, smooth))
     assert "decoded averages are **blurrier**" in text and "no grid beyond" in text
-    edges = f"{hf._edge_strength(smooth):.4f} decoded vs {hf._edge_strength(pixel):.4f} in pixel space"
+    edges = f"{hf._edge_strength(smooth).mean():.4f} decoded vs {hf._edge_strength(pixel).mean():.4f} in pixel space"
     assert edges in text
     text = _text(hf.decoded_averages_findings(pixel, pixel + grid))
     assert "**no sharper**" in text and "**a grid** shows" in text, "the grid is no detail"

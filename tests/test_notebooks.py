@@ -46,13 +46,16 @@ def test_runner_executes_all_notebooks_for_both_decoders(tmp_path: Path, capfd: 
         assert metrics["latent"][decoder]["images"] == min(40, train_size)
         assert (out / decoder / "checkpoint.pt").is_file() and (out / decoder / "vae_celeba_02.pt").is_file()
     figures = {p.name for p in (out / "figures").iterdir()}
-    expected = {"transpose_loss_combined.png", "nearest_loss_kl.png", "transpose_test_reconstructions.png",
-                "nearest_samples.png", "transpose_zoomed_crops.png", "transpose_latent_histograms.png",
-                "transpose_latent_summary.png",
-                "decoders_reconstructions.png", "decoders_samples.png", "average_faces.png",
+    expected = {"transpose_training_loss_per_minibatch_combined.png", "nearest_training_loss_per_minibatch_kl.png",
+                "transpose_test_faces_and_their_reconstructions.png",
+                "nearest_16_samples_codes_drawn_from_n_0_i_decoded.png",
+                "transpose_zoomed_crops.png", "transpose_checkerboard_score_per_epoch.png",
+                "nearest_reconstructions_by_decoder.png", "nearest_samples_by_decoder.png",
+                "transpose_training_faces.png", "transpose_power_spectra.png", "transpose_epochs.gif",
+                "transpose_latent_histograms.png", "transpose_latent_summary.png", "average_faces.png",
                 "transpose_modified_Eyeglasses.png", "nearest_latent_average_faces.png",
-                "nearest_interpolation.png", "nearest_interpolation.gif", "training_faces.png", "power_spectra.png",
-                "transpose_epochs.gif", "nearest_attribute_probe.png", "transpose_explorer.png"}
+                "nearest_interpolation.png", "nearest_interpolation.gif", "nearest_attribute_probe.png",
+                "transpose_explorer.png"}
     assert expected <= figures
     for name in {n for n in expected if n.endswith(".png")}:
         with Image.open(out / "figures" / name) as image:

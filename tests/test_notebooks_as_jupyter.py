@@ -144,6 +144,13 @@ def check_statements_against_metrics(executed: Path, metrics: dict, train_images
     assert f"Samples: {spectra['sample_checkerboard_score']:,.2f}" in second
     assert [entry["epoch"] for entry in over] == list(range(1, training["epochs"] + 1))
     assert f"{training['image_steps']:,} of 8,138,500" in second
+    assert "| `encoder.0` |" in first and "**2,649,075**" in first, "notebook 1 does not show the model's layers"
+    assert "metrics.json" not in _printed(executed / NOTEBOOKS[0]), "a first run says nothing about metrics.json"
+    assert "**These reconstructions** (" in second and "**This run's samples.** The posterior means of" in second
+    assert f"Real test faces score {spectra['real_checkerboard_score']:.2f} ({spectra['num_images']:,.0f} of them" \
+        in second
+    cells = nbformat.read(executed / NOTEBOOKS[1], as_version=4).cells
+    assert not any("plausible faces" in c.source for c in cells), "samples described before they were drawn"
     latent = metrics["latent"]["transpose"]
     assert latent["images"] == train_images, "part 3 did not encode the images part 1 trained on"
     third = _markdown(executed / NOTEBOOKS[2])

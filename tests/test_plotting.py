@@ -220,6 +220,8 @@ def _epoch_pngs(folder: Path, epochs: int, checkerboard: bool = False) -> None:
         faces = torch.zeros(24, 3, 64, 64)
         faces[..., ::2, ::2] = faces[..., 1::2, 1::2] = 1.0
     for epoch in range(1, epochs + 1):
+        if not checkerboard:
+            faces = torch.rand(24, 3, 64, 64)  # a new picture every epoch, as training draws
         grid = make_grid(faces, nrow=8, pad_value=1.0)
         Image.fromarray(grid.mul(255).byte().permute(1, 2, 0).numpy()).save(folder / f"epoch_{epoch:03d}.png")
 

@@ -27,18 +27,15 @@ import helper_quality
 from helper_explorer import explorer_image, latent_explorer, top_variance_dimensions
 from helper_latent import decode, reconstruct
 from helper_probe import attribute_probe, plot_probe
-from helper_quality import (
-    FrechetScore,
-    PosteriorMeans,
+from helper_quality import FrechetScore, PosteriorMeans, inception_fid, reconstruction_metrics, run_record, run_summary
+from helper_spectra import (
+    checkerboard_box,
     checkerboard_score,
-    inception_fid,
     mean_power_spectrum,
     nyquist_power_ratio,
+    plot_checkerboard_over_training,
     plot_power_spectra,
     radial_power_spectrum,
-    reconstruction_metrics,
-    run_record,
-    run_summary,
     spectral_measures,
     spectral_report,
 )
@@ -202,8 +199,41 @@ def test_checkerboard_score_sees_a_faint_stride_2_pattern_and_not_blur() -> None
     assert nyquist_power_ratio(blurry_checkerboard, real) < 1, "the band ratio calls this blur and misses the pattern"
     with pytest.raises(ValueError, match="even height and width"):
         checkerboard_score(faces[..., :63])
-    with pytest.raises(ValueError, match="no power"):
-        checkerboard_score(torch.full((2, 3, 8, 8), 0.5))
+
+
+def test_checkerboard_score_stays_near_one_on_flat_and_low_contrast_images_and_high_on_a_visible_pattern() -> None:
+    torch.manual_seed(0)
+    flat = torch.full((8, 3, 128, 128), 0.5)
+    assert checkerboard_score(flat) == pytest.approx(1.0)
+    # an untrained decoder's grey squares: a stride-2 ripple below one grey level, stored as 8-bit pictures
+    grey = (0.5 + 0.001 * checkerboard(128) + 0.002 * torch.rand(8, 3, 128, 128)).mul(255).round() / 255
+    assert checkerboard_score(grey) < 1.5, "an invisible pattern on a flat image must not read as a checkerboard"
+    low_contrast = 0.5 + 0.003 * (natural_images(8, size=128) - 0.5)  # a uniform brown square, nearly
+    assert checkerboard_score(low_contrast) < 1.5
+    for background in (flat, low_contrast, natural_images(8, size=128)):
+        assert checkerboard_score(background + 0.02 * checkerboard(128)) > 10, "5 grey levels are plainly visible"
+    assert checkerboard_score(flat + 0.5 * checkerboard(128)) < 20_000, "the largest possible score is bounded"
+
+
+def test_the_zoom_goes_where_the_pattern_is_strongest_not_where_the_texture_is() -> None:
+    faces = natural_images(2, size=128)
+    faces[:, :, :48, :48] = faces[:, :, :48, :48] + 0.3 * torch.rand(2, 3, 48, 48)  # hair: strong random texture
+    faces[:, :, 80:112, 64:96] += 0.03 * checkerboard(32)
+    assert checkerboard_box(faces, size=32) == (80, 64, 32)
+    assert checkerboard_box([faces[0], faces[1]], size=32) == (80, 64, 32)
+    with pytest.raises(ValueError, match="does not fit"):
+        checkerboard_box(faces, size=256)
+
+
+def test_the_score_over_training_is_plotted_per_epoch() -> None:
+    over = [{"epoch": e, "reconstructions": r, "samples": s, "real": 1.1}
+            for e, r, s in ((1, 1.0, 1.2), (2, 30.0, 80.0), (3, 5.0, 7.5))]
+    fig = plot_checkerboard_over_training(over)
+    lines = {line.get_label(): line for line in fig.axes[0].lines}
+    assert list(lines["reconstructions"].get_ydata()) == [1.0, 30.0, 5.0]
+    assert list(lines["samples"].get_xdata()) == [1, 2, 3] and fig.axes[0].get_yscale() == "log"
+    with pytest.raises(ValueError, match="empty"):
+        plot_checkerboard_over_training([])
 
 
 def test_radial_spectrum_puts_a_sinusoid_at_its_frequency_and_reaches_the_corner() -> None:
@@ -227,7 +257,7 @@ def test_spectral_report_and_plot(tmp_path: Path, decoder: str) -> None:
     assert report["num_images"] == 5
     measures = spectral_measures(report)
     assert set(measures) == {"reconstruction_nyquist_ratio", "sample_nyquist_ratio", "real_checkerboard_score",
-                             "reconstruction_checkerboard_score", "sample_checkerboard_score"}
+                             "reconstruction_checkerboard_score", "sample_checkerboard_score", "num_images"}
     assert all(math.isfinite(value) and value > 0 for value in measures.values())
     for key in ("radial_real", "radial_reconstructions", "radial_samples"):
         assert report[key].shape == report["frequencies"].shape == (round(128 * math.sqrt(0.5)),)
@@ -390,7 +420,7 @@ def test_run_summary_is_a_short_table_of_the_recorded_run() -> None:
     assert run["train"] == run["valid"] == {"reconstruction": 500.0, "kl": 30.0, "combined": 530.0}
     assert run["epochs"] == 2 and run["dataset"] == "celeba" and run["test_reconstruction_of_mean_image"] == 2900
     text = run_summary(run).data
-    assert "| test | 510.0 | 31.0 | 541.0 |" in text and "2900.0" in text and "PSNR 20.0 dB" in text
+    assert "| test | 541.0 | 510.0 | 31.0 |" in text and "2900.0" in text and "PSNR 20.0 dB" in text
     assert len(text.splitlines()) <= 8
 
 
@@ -476,7 +506,7 @@ def test_on_mps_the_features_are_computed_there_and_the_sums_stay_on_the_cpu(
             extractor = MeanColours(mps=mps)
             return FrechetScore(real, extractor, batch_size=8, device=device), extractor
         extractor = MeanColours(64, mps)  # FID's Inception-v3 (bytes in, 64 features out), without its download
-        monkeypatch.setattr(helper_quality, "NoTrainInceptionV3", lambda name, features_list: extractor)
+        monkeypatch.setattr("torchmetrics.image.fid.NoTrainInceptionV3", lambda name, features_list: extractor)
         return FrechetScore(real, 64, batch_size=8, device=device), extractor
 
     expected = score_on("cpu")[0](fake)
