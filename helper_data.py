@@ -2,9 +2,10 @@
 
 Where CelebA is and how its files read lives in :mod:`celeba_vae.celeba_files`; the decoded cache and its fast
 loader in :mod:`celeba_vae.decoded_cache`. This module builds the lecture's loaders and the fast ones, chooses
-between CelebA and the synthetic faces, and computes average faces. :func:`prepare_dataset` decides once what a
-data root holds and reads its index; every loader given its answer (``root=choice``) uses that index instead of
-searching again.
+between CelebA and the synthetic faces, and computes average faces (:func:`attribute_means`: all 40 attributes in
+one pass; the lecture's :func:`compute_average_faces`: one of them). :func:`prepare_dataset` decides once what a data
+root holds and reads its index; every loader given its answer (``root=choice``) uses that index instead of searching
+again.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from celeba_vae.paths import project_path
 from celeba_vae.synthetic import write_synthetic_celeba
 
 __all__ = [  # attribute_index stays importable from here, as the lecture's notebooks import it
-    "CelebAFaces", "DatasetChoice", "attribute_index", "celeba_index", "compute_average_faces", "default_transform",
-    "first_images", "get_cached_dataloader", "get_cached_dataloaders_celeba", "get_dataloaders_celeba",
-    "prepare_dataset",
+    "AttributeMeans", "CelebAFaces", "DatasetChoice", "attribute_index", "attribute_means", "celeba_index",
+    "compute_average_faces", "default_transform", "first_images", "get_cached_dataloader",
+    "get_cached_dataloaders_celeba", "get_dataloaders_celeba", "prepare_dataset",
 ]
 
 
@@ -325,6 +326,87 @@ def prepare_dataset(
     return DatasetChoice(root, "synthetic", source.layout, message, read_index(source))
 
 
+@dataclass(frozen=True)
+class AttributeMeans:
+    """Mean embedding (image or latent mean) of the examples with and without each of the 40 attributes."""
+
+    with_attribute: torch.Tensor
+    without_attribute: torch.Tensor
+    count_with: torch.Tensor
+    count_without: torch.Tensor
+
+    def direction(self, attribute: str | int) -> torch.Tensor:
+        """``mean_with - mean_without`` of one attribute, given by name or index."""
+        index = attribute_index(attribute) if isinstance(attribute, str) else attribute
+        if self.count_with[index] == 0 or self.count_without[index] == 0:
+            raise ValueError(f"attribute {CELEBA_ATTRIBUTE_NAMES[index]} is "
+                             f"{'never' if self.count_with[index] == 0 else 'always'} present in these images; "
+                             "a direction needs examples with and without it")
+        return self.with_attribute[index] - self.without_attribute[index]
+
+    def aligned_attributes(self, attribute: str | int, k: int = 4) -> list[tuple[str, float]]:
+        """The ``k`` other attributes whose directions are most aligned with this one's (largest ``|cosine|``),
+        as ``(name, cosine)``: a direction that also moves them changes more than its own attribute."""
+        index = attribute_index(attribute) if isinstance(attribute, str) else attribute
+        target = self.direction(index).flatten()
+        cosines = []
+        for other, name in enumerate(CELEBA_ATTRIBUTE_NAMES):
+            if other == index or self.count_with[other] == 0 or self.count_without[other] == 0:
+                continue
+            cosine = torch.nn.functional.cosine_similarity(target, self.direction(other).flatten(), dim=0)
+            cosines.append((name, float(cosine)))
+        return sorted(cosines, key=lambda item: -abs(item[1]))[:k]
+
+
+@torch.no_grad()
+def attribute_means(
+    data_loader: Iterable,
+    device: str | torch.device,
+    model: torch.nn.Module | None = None,
+    max_images: int | None = 20_000,
+    encoding_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> AttributeMeans:
+    """Means with and without every attribute in one pass over up to ``max_images`` images, summed on the device.
+
+    The embedding is the image itself (average faces), the posterior mean of ``model`` (in eval mode), or whatever
+    ``encoding_fn`` returns (the lecture's ``compute_average_faces``).
+    """
+    if model is not None:
+        was_training = model.training
+        model.eval()
+
+        def encoding_fn(images: torch.Tensor) -> torch.Tensor:
+            return model.encode(images)[0]  # the posterior means
+    totals = with_sums = shape = None
+    count_with = torch.zeros(len(CELEBA_ATTRIBUTE_NAMES), device=device)
+    seen = 0
+    try:
+        for images, labels in first_images(data_loader, max_images):
+            if labels.ndim != 2 or labels.shape[1] != len(CELEBA_ATTRIBUTE_NAMES):
+                raise ValueError(f"labels of shape {tuple(labels.shape)} hold no CelebA attributes; a bare image "
+                                 "folder has no annotations: add list_attr_celeba.txt and list_eval_partition.txt")
+            images, labels = images.to(device), labels.to(device, torch.float32)
+            embedded = encoding_fn(images) if encoding_fn is not None else images
+            shape = embedded.shape[1:]
+            embedded = embedded.to(device).flatten(1).float()
+            batch_with = labels.T @ embedded
+            with_sums = batch_with if with_sums is None else with_sums + batch_with
+            totals = embedded.sum(0) if totals is None else totals + embedded.sum(0)
+            count_with += labels.sum(0)
+            seen += len(images)
+    finally:
+        if model is not None:
+            model.train(was_training)
+    if totals is None:
+        raise ValueError("attribute_means got an empty data loader")
+    count_without = seen - count_with
+    mean_with = with_sums / count_with.clamp(min=1)[:, None]
+    mean_without = (totals - with_sums) / count_without.clamp(min=1)[:, None]
+    shape = (len(CELEBA_ATTRIBUTE_NAMES), *shape)
+    return AttributeMeans(mean_with.reshape(shape).cpu(), mean_without.reshape(shape).cpu(),
+                          count_with.cpu(), count_without.cpu())
+
+
 def compute_average_faces(
     feature_idx: int,
     image_dim: int | tuple[int, ...],
@@ -332,27 +414,12 @@ def compute_average_faces(
     device: str | torch.device | None = None,
     encoding_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average image (or latent code, with ``encoding_fn``) of examples with and without attribute ``feature_idx``."""
-    with_sum = torch.zeros(image_dim, dtype=torch.float64)
-    without_sum = torch.zeros(image_dim, dtype=torch.float64)
-    num_with = num_without = 0
-    for images, labels in data_loader:
-        if labels.ndim != 2 or labels.shape[1] <= feature_idx:
-            raise ValueError(
-                f"the data has no attribute {feature_idx} (labels of shape {tuple(labels.shape)}); a bare image "
-                "folder has no annotations: add list_attr_celeba.txt and list_eval_partition.txt"
-            )
-        has_feature = labels[:, feature_idx].to("cpu", torch.bool)
-        embeddings = images
-        if encoding_fn is not None:
-            with torch.no_grad():
-                embeddings = encoding_fn(images.to(device) if device is not None else images)
-        embeddings = embeddings.to("cpu", torch.float64)
-        with_sum += embeddings[has_feature].sum(dim=0)
-        without_sum += embeddings[~has_feature].sum(dim=0)
-        num_with += int(has_feature.sum())
-        num_without += int((~has_feature).sum())
-    if num_with == 0 or num_without == 0:
-        raise ValueError(f"attribute {CELEBA_ATTRIBUTE_NAMES[feature_idx]} is {'never' if num_with == 0 else 'always'} "
-                         "present in this data; averages with and without it need both")
-    return (with_sum / num_with).float(), (without_sum / num_without).float()
+    """Average image (or latent code, with ``encoding_fn``) of examples with and without attribute ``feature_idx``:
+    the lecture's call, one attribute of :func:`attribute_means` over every image of ``data_loader``."""
+    means = attribute_means(data_loader, device or "cpu", max_images=None, encoding_fn=encoding_fn)
+    if means.count_with[feature_idx] == 0 or means.count_without[feature_idx] == 0:
+        raise ValueError(f"attribute {CELEBA_ATTRIBUTE_NAMES[feature_idx]} is "
+                         f"{'never' if means.count_with[feature_idx] == 0 else 'always'} present in this data; "
+                         "averages with and without it need both")
+    return (means.with_attribute[feature_idx].reshape(image_dim),
+            means.without_attribute[feature_idx].reshape(image_dim))

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from IPython.display import Markdown
 
 from celeba_vae.celeba_files import OFFICIAL_SPLIT_SIZES
-from helper_data import attribute_index, first_images
-from helper_latent import AttributeMeans
+from celeba_vae.recipes import KNOB_VALUES, knob_runs
+from helper_data import AttributeMeans, attribute_index, first_images
 from helper_plotting import EpochImages
 from helper_spectra import checkerboard_score
 from helper_utils import eval_mode
@@ -30,7 +30,11 @@ LECTURE_MINUTES = {"transpose": 82.0, "nearest": 90.7}
 STILL_FALLING = 0.01  # a last epoch that lowers the loss by more than 1% counts as still falling
 CHECKERBOARD_RATIO = 1.5  # a checkerboard score above 1.5x the real faces' counts as a checkerboard
 SAME_SCORE = 0.01  # checkerboard scores within 1% of each other count as the same
-NEAR_IDENTICAL = 0.01  # average faces closer than this (mean absolute pixel difference) count as nearly identical
+VISIBLE = 0.05  # a pixel difference of 0.05 (13 of 255 grey levels) shows when two images are side by side
+VISIBLE_SHARE = 0.01  # an attribute's average faces differ visibly when 1% of the pixels differ by VISIBLE or more
+SAME_LENGTH = 0.1  # code lengths within 10% of each other count as about the same
+SHARPER = 1.25  # one set of images is sharper than another when its edge strength is 25% higher
+PROBE_SHOWN = ("Smiling", "Eyeglasses", "Male", "Blond_Hair")
 
 
 def _percent(share: float) -> str:
@@ -338,15 +342,46 @@ def latent_findings(facts: Mapping[str, Any]) -> Markdown:
 
 
 def average_faces_findings(pixel_means: AttributeMeans, attributes: Sequence[str]) -> Markdown:
-    """How different the average faces with and without each attribute are (mean absolute pixel difference)."""
+    """How the average faces with and without each attribute differ in this run: the mean absolute difference, the
+    share of pixels that differ visibly (by at least :data:`VISIBLE`) and the band of rows where the difference is
+    largest; visible or not by that stated measure."""
     parts = []
     for name in attributes:
         i = attribute_index(name)
-        gap = float((pixel_means.with_attribute[i] - pixel_means.without_attribute[i]).abs().mean())
-        kind = "nearly identical" if gap < NEAR_IDENTICAL else "visibly different"
-        parts.append(f"{name}: {gap:.3f} ({kind})")
-    return Markdown(f"**These averages:** mean absolute pixel difference between with and without (pixels in "
-                    f"[0, 1]; below {NEAR_IDENTICAL} counts as nearly identical): " + "; ".join(parts) + ".")
+        difference = (pixel_means.with_attribute[i] - pixel_means.without_attribute[i]).abs().mean(0)  # (H, W)
+        share = float((difference >= VISIBLE).float().mean())
+        rows = difference.mean(1)
+        band = max(len(rows) // 8, 1)
+        top = int(torch.argmax(rows.unfold(0, band, 1).mean(1)))
+        kind = ("**differ visibly**" if share >= VISIBLE_SHARE else "are nearly identical")
+        parts.append(f"{name}: the averages {kind}: {share:.1%} of the pixels differ by {VISIBLE} or more (mean "
+                     f"difference {float(difference.mean()):.3f}, largest {float(difference.max()):.2f}), most in "
+                     f"rows {top}-{top + band - 1} of {len(rows)} from the top")
+    faces = int(pixel_means.count_with[0] + pixel_means.count_without[0])
+    return Markdown(f"**These averages** ({faces:,} faces; pixels in [0, 1]; a difference of {VISIBLE} is about "
+                    f"13 of 255 grey levels; an attribute counts as visible when {VISIBLE_SHARE:.0%} of the pixels "
+                    "differ that much):\n\n"
+                    + "\n".join(f"* {part}." for part in parts))
+
+
+def decoded_averages_findings(pixel_averages: torch.Tensor, decoded_averages: torch.Tensor) -> Markdown:
+    """Decoded average codes against pixel averages of the same faces, measured: edge strength (sharpness) and the
+    checkerboard score (the grid of stride-2 layers), each (N, 3, H, W) in [0, 1]."""
+    pixel_edges, decoded_edges = (float(_edge_strength(images).mean()) for images in (pixel_averages, decoded_averages))
+    if decoded_edges > SHARPER * pixel_edges:
+        sharper = "the decoded averages are **sharper** than the pixel averages"
+    elif pixel_edges > SHARPER * decoded_edges:
+        sharper = "the decoded averages are **blurrier** than the pixel averages"
+    else:
+        sharper = f"the decoded averages are **no sharper** than the pixel averages (within {SHARPER - 1:.0%})"
+    real, decoded = checkerboard_score(pixel_averages), checkerboard_score(decoded_averages)
+    grid = (f"**a grid** shows in the decoded ones ({decoded / real:,.1f}x the pixel averages' score)"
+            if decoded > CHECKERBOARD_RATIO * real else
+            f"no grid beyond the pixel averages' (within {CHECKERBOARD_RATIO}x)")
+    return Markdown(f"**Measured on these {len(pixel_averages)} averages:** edge strength (mean difference between "
+                    f"neighbouring pixels at half resolution, where the grid cancels out) {decoded_edges:.4f} decoded "
+                    f"vs {pixel_edges:.4f} in pixel space: {sharper}. "
+                    f"Checkerboard score {decoded:,.2f} decoded vs {real:,.2f} in pixel space: {grid}.")
 
 
 def entanglement_findings(latent_means: AttributeMeans, attribute: str) -> Markdown:
@@ -359,14 +394,62 @@ def entanglement_findings(latent_means: AttributeMeans, attribute: str) -> Markd
                     f"along {attribute} is likely to {'add' if cosine > 0 else 'remove'} some {other} too.")
 
 
-def code_length_findings(z_mean: torch.Tensor) -> Markdown:
-    """The length of the posterior means against sqrt(latent_dim), the typical length of a code drawn from N(0, I)."""
-    lengths = z_mean.detach().float().norm(dim=1)
-    dim = z_mean.shape[1]
-    return Markdown(f"**Code lengths in this run:** posterior means of {len(lengths):,} test faces have length "
-                    f"{float(lengths.mean()):.1f} on average (range {float(lengths.min()):.1f}-"
-                    f"{float(lengths.max()):.1f}); codes drawn from N(0, I) have length close to "
-                    f"sqrt({dim}) = {dim ** 0.5:.1f}.")
+def code_length_facts(z_mean: torch.Tensor, z: torch.Tensor | None = None, seed: int = 0) -> dict[str, Any]:
+    """Lengths of the posterior means (and of the sampled codes ``z``) against as many codes drawn from N(0, I), the
+    codes the decoder gets when it samples: mean, median and range, and the share of prior draws longer than the
+    median face's mean."""
+    means = z_mean.detach().float().norm(dim=1)
+    prior = torch.randn(max(len(means), 1000), z_mean.shape[1], generator=torch.Generator().manual_seed(seed))
+    prior = prior.norm(dim=1)
+    median = float(means.median())
+    return {"images": len(means), "latent_dim": z_mean.shape[1], "mean_length": float(means.mean()),
+            "median_length": median, "min_length": float(means.min()), "max_length": float(means.max()),
+            "sampled_length": float(z.detach().float().norm(dim=1).mean()) if z is not None else None,
+            "prior_length": float(prior.mean()), "prior_beyond_median": float((prior > median).float().mean())}
+
+
+def code_length_findings(facts: Mapping[str, Any]) -> Markdown:
+    """What :func:`code_length_facts` measured, and what it means for decoding codes drawn from N(0, I)."""
+    dim, mean, prior = facts["latent_dim"], facts["mean_length"], facts["prior_length"]
+    sampled = facts["sampled_length"]
+    lines = [(f"**Code lengths in this run:** the posterior means of {facts['images']:,} faces have length "
+              f"{mean:.1f} on average (median {facts['median_length']:.1f}, range {facts['min_length']:.1f}-"
+              f"{facts['max_length']:.1f}); "
+              + (f"the sampled codes z = mu + sigma * eps, which the decoder trained on, {sampled:.1f}; "
+                 if sampled is not None else "")
+              + f"codes drawn from N(0, I) {prior:.1f} (sqrt({dim}) = {dim ** 0.5:.1f}).")]
+    beyond = f"{facts['prior_beyond_median']:.0%} of the prior's draws are longer than the median face's mean"
+    if mean < (1 - SAME_LENGTH) * prior:
+        noise = (" The decoder met codes that long only as a face's mean plus the encoder's noise (the sampled codes "
+                 "above)." if sampled is not None else "")
+        lines.append(f"The faces' means sit closer to the origin than the prior's draws: {beyond}. Reconstructions "
+                     "decode the means; a sample from N(0, I) lies further out than most of them." + noise
+                     + " Do part 2's samples look less like faces than its reconstructions?")
+    elif mean > (1 + SAME_LENGTH) * prior:
+        lines.append(f"The faces' means reach further out than the prior's draws ({beyond}): a sample from N(0, I) "
+                     "lies nearer the origin than most faces' codes. Do part 2's samples look like average faces?")
+    else:
+        lines.append(f"The faces' means are about as long as the prior's draws (within {SAME_LENGTH:.0%}; {beyond}): "
+                     "by length alone, a sample from N(0, I) looks like a face's code to the decoder.")
+    return Markdown("\n\n".join(lines))
+
+
+def probe_findings(probe: Sequence[Mapping[str, Any]], fit_images: int, test_images: int) -> Markdown:
+    """The probe of this run in numbers: how many attributes it reads above chance, its best and worst, and the
+    attributes the lecture's recap names; ``fit_images``/``test_images``: the codes it was fitted and scored on."""
+    scored = sorted(((r["attribute"], r["balanced_accuracy"]) for r in probe if r["probeable"]),
+                    key=lambda item: -item[1])
+    if not scored:
+        return Markdown("**The probe:** no attribute has both classes among the fitting codes, so none was probed.")
+    above = sum(score > 0.6 for _, score in scored)
+    by_name = dict(scored)
+    named = ", ".join(f"{name} {by_name[name]:.2f}" for name in PROBE_SHOWN if name in by_name)
+    best = ", ".join(f"{name} {score:.2f}" for name, score in scored[:3])
+    worst = ", ".join(f"{name} {score:.2f}" for name, score in scored[-3:])
+    return Markdown(f"**This run's probe** (fitted on {fit_images:,} codes, scored on {test_images:,} others): "
+                    f"balanced accuracy above 0.6 for {above} of {len(scored)} attributes; highest {best}; lowest "
+                    f"{worst}" + (f"; the attributes parts 3 and 4 name: {named}" if named else "")
+                    + " (0.5 is chance).")
 
 
 def strongest_dimensions_findings(z_mean: torch.Tensor, k: int = 5) -> Markdown:
@@ -376,3 +459,71 @@ def strongest_dimensions_findings(z_mean: torch.Tensor, k: int = 5) -> Markdown:
     listed = ", ".join(f"z[{j}] ({v:.2f})" for v, j in zip(values.tolist(), indices.tolist(), strict=True))
     return Markdown(f"**Strongest dimensions** (standard deviation of the posterior mean across faces): {listed}. "
                     "In part 3's summary plot these have the tallest black ticks (std of the means mu).")
+
+
+def _knob_run(results: Sequence[Mapping[str, Any]], knob: str, value: Any) -> Mapping[str, Any] | None:
+    """The measured run of ``results`` that has ``knob`` at ``value`` (the baseline counts), or ``None``."""
+    return next((r for r in knob_runs(results, knob) if r[knob] == value and "diverged" not in r), None)
+
+
+def _ordered(values: Sequence[float]) -> str:
+    """'rises', 'falls' or 'goes up and down' for a sequence of numbers."""
+    steps = [b - a for a, b in pairwise(values)]
+    return "rises" if all(d > 0 for d in steps) else "falls" if all(d < 0 for d in steps) else "goes up and down"
+
+
+def knob_findings(results: Sequence[Mapping[str, Any]], train_images: int) -> Markdown:
+    """What this sweep's runs show, one bullet per knob that was swept, every number taken from ``results`` (the
+    runs' metrics; ``train_images``: images per epoch). Only what one seed and short runs can say."""
+    base = next((r for r in results if r["knob"] == "baseline" and "diverged" not in r), None)
+    if base is None:
+        return Markdown("The run with the lecture's settings is missing or diverged: nothing to compare with.")
+    epochs = base["epochs"]
+    lines = [(f"Every run: {epochs} epoch(s) over {train_images:,} images, {lecture_share(epochs * train_images)}; "
+              "one seed: differences of a few percent may be noise.")]
+    small = _knob_run(results, "latent_dim", min(KNOB_VALUES["latent_dim"]))
+    if small is not None and small is not base:
+        lines.append(f"**Latent size**: with {small['latent_dim']} dimensions the reconstruction error is "
+                     f"{small['test_reconstruction'] / base['test_reconstruction']:.1f} times the 200-dimensional "
+                     f"model's ({small['test_reconstruction']:.0f} vs {base['test_reconstruction']:.0f}), PSNR "
+                     f"{small['psnr']:.1f} vs {base['psnr']:.1f} dB, probe {small['probe_balanced_accuracy']:.2f} vs "
+                     f"{base['probe_balanced_accuracy']:.2f} (0.5 is chance).")
+    weights = [r for r in knob_runs(results, "reconstruction_term_weight") if "diverged" not in r]
+    if len(weights) > 1:
+        said = " / ".join(f"{r['reconstruction_term_weight']:g}" for r in weights)
+        rec, kl = [r["test_reconstruction"] for r in weights], [r["test_kl"] for r in weights]
+        lines.append(f"**Reconstruction weight** {said}: reconstruction {' / '.join(f'{v:.0f}' for v in rec)} "
+                     f"({_ordered(rec)}), KL {' / '.join(f'{v:.0f}' for v in kl)} ({_ordered(kl)}); theory expects "
+                     "the reconstruction to fall and the KL to rise as the weight grows.")
+        distances = [r.get("fd_baseline_encoder") for r in weights]
+        if None not in distances:
+            lines.append(f"The samples' Fréchet distance {_ordered(distances)} with the weight "
+                         f"({' / '.join(f'{v:.1f}' for v in distances)}): {base['num_samples']} samples, one seed, "
+                         "measured in the baseline encoder's space (which favours the baseline), so read it as a "
+                         "hint, not a ranking.")
+    nearest = _knob_run(results, "decoder", "nearest")
+    if nearest is not None:
+        lines.append(f"**Decoder**: SSIM {nearest['ssim']:.3f} with nearest-neighbour upsampling vs {base['ssim']:.3f}"
+                     f" with transposed convolutions ({nearest['ssim'] - base['ssim']:+.3f}); test loss "
+                     f"{nearest['test_loss']:.0f} vs {base['test_loss']:.0f}; checkerboard of samples "
+                     f"{nearest['checkerboard']:.2f} vs {base['checkerboard']:.2f} (1 = none).")
+    rates = [r for r in knob_runs(results, "learning_rate") if r is not base]
+    for run in rates:
+        rate = f"**Learning rate {run['learning_rate']:g}**"
+        if "diverged" in run:
+            lines.append(f"{rate} diverged: {run['diverged']}")
+        else:
+            lines.append(f"{rate}: test loss {run['test_loss']:.0f}, {run['test_loss'] / base['test_loss']:.2f} times "
+                         f"the lecture rate's {base['test_loss']:.0f} after the same {epochs} epoch(s).")
+    measured = [r for r in results if "diverged" not in r]
+    if "probe_fit_images" in base:
+        lines.append(f"**Probe**: every run's probe is fitted on {base['probe_fit_images']:,} validation codes and "
+                     f"scored on {base['probe_test_images']:,} test codes; part 3 fits on half of the training codes "
+                     "it encodes and scores on the other half, so compare these probes with each other, not with "
+                     "part 3's.")
+    partial = [f"{r['name']} ({r['active_units']} of {r['latent_dim']})" for r in measured
+               if r["active_units"] < r["latent_dim"]]
+    lines.append(f"**Active units**: some dimensions collapsed to the prior in {', '.join(partial)}." if partial else
+                 f"**Active units**: every run kept all its latent dimensions active: no collapse is seen in runs "
+                 f"of {epochs} epoch(s), which says nothing about how many the lecture's 50 epochs keep.")
+    return Markdown("\n".join(f"* {line}" for line in lines))

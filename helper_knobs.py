@@ -5,8 +5,12 @@
 * :class:`KnobSweep`: trains and measures every run on the same images, seeds and epochs; each finished run is saved
   under ``folder/<run name>/`` (laid out by :func:`celeba_vae.paths.run_files`: ``metrics.json``, and the
   checkpoint and ``faces.pt`` in ``<decoder>/``) and skipped when the sweep runs again.
-* :func:`knob_table`, :func:`plot_knob`, :func:`plot_knob_faces`: one table and two figures per knob.
-* :func:`knob_findings`: what this sweep's numbers show, computed from them, as Markdown.
+* :func:`run_sweep`: the notebook's one call: the loaders, the plan printed with its time, FID when it can be had,
+  every run trained and measured, recorded in ``metrics.json``.
+* :func:`show_knob`: the table and two figures of one knob (:func:`knob_table`, :func:`plot_knob`,
+  :func:`plot_knob_faces`), or one line when the knob was not swept.
+
+What the numbers show, in sentences, is :func:`helper_findings.knob_findings`.
 """
 
 from __future__ import annotations
@@ -18,21 +22,20 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from itertools import islice, pairwise
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from IPython.display import Markdown
+from IPython.display import Markdown, display
 from matplotlib.figure import Figure
 
 from celeba_vae.atomic_files import atomic_write
 from celeba_vae.paths import RunFiles, run_files
-from celeba_vae.recipes import Recipe
-from helper_data import first_images
-from helper_findings import lecture_share
+from celeba_vae.recipes import KNOB_VALUES, Recipe, knob_runs
+from helper_data import first_images, get_cached_dataloaders_celeba
 from helper_latent import encode_dataset, latent_statistics
 from helper_plotting import plot_image_grid, save_figure
 from helper_probe import attribute_probe
@@ -42,12 +45,8 @@ from helper_train import adam, evaluate_vae, train_vae_v1
 from helper_utils import eval_mode, format_number, load_model, markdown_table, set_all_seeds
 from model import VAE
 
-KNOB_VALUES: dict[str, tuple[Any, ...]] = {
-    "latent_dim": (2, 16, 200),
-    "reconstruction_term_weight": (0.1, 1.0, 10.0),
-    "decoder": ("transpose", "nearest"),
-    "learning_rate": (1e-4, 5e-4, 2e-3),
-}
+if TYPE_CHECKING:
+    from helper_setup import NotebookRun
 
 MEASURES: tuple[tuple[str, str, int], ...] = (
     ("test_loss", "test loss (rec. + KL)", 1),
@@ -116,7 +115,7 @@ def knob_grid(knobs: Sequence[str] = tuple(KNOB_VALUES), values: Mapping[str, Se
 class KnobSweep:
     """Every run of a sweep on the same data, seed and epochs (``plan``), saved under ``folder``.
 
-    ``data_settings``: what identifies the data and recipe (``NotebookSetup.checkpoint_settings``); a saved run
+    ``data_settings``: what identifies the data and recipe (``NotebookRun.checkpoint_settings``); a saved run
     with other settings is refused, not silently reused. ``num_samples`` test faces and as many samples from the
     prior are compared by the sample measures; ``probe_images`` validation codes fit the attribute probe.
     ``frechet=False`` builds no Fréchet metric at all (its column stays empty).
@@ -226,8 +225,8 @@ class KnobSweep:
         result: dict[str, Any] = {"name": knob.name, "knob": knob.changed_knob, **asdict(knob), "settings": settings}
         try:
             train_vae_v1(self.plan.num_epochs, model, optimizer, self.device, self.train_loader,
-                         reconstruction_term_weight=knob.reconstruction_term_weight, logging_interval=50,
-                         checkpoint_path=files.checkpoint, resume=True, settings=settings, progress=False)
+                         reconstruction_term_weight=knob.reconstruction_term_weight,
+                         checkpoint_path=files.checkpoint, resume=files.checkpoint.is_file(), settings=settings)
         except FloatingPointError as err:
             print(f"{knob.name} diverged: {str(err).splitlines()[0]}")
             result["diverged"] = str(err).splitlines()[0]
@@ -278,6 +277,8 @@ class KnobSweep:
             "checkerboard": checkerboard_score(samples),
             "active_units": latent_statistics(test_codes["z_mean"], test_codes["z_log_var"])["active_units"],
             "probe_balanced_accuracy": float(np.nanmean([r["balanced_accuracy"] for r in probe])),
+            "probe_fit_images": len(probe_codes["z_mean"]),
+            "probe_test_images": len(test_codes["z_mean"]),
             "fd_baseline_encoder": reference(samples) if (reference := self.reference()) is not None else None,
             "fid": fid(samples) if fid is not None else None,
             "num_samples": self.num_samples,
@@ -302,13 +303,6 @@ def _to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
-def _runs_of(results: Sequence[Mapping[str, Any]], knob: str) -> list[Mapping[str, Any]]:
-    """The baseline and the runs that change ``knob``, ordered by the knob's value."""
-    if knob not in KNOB_VALUES:
-        raise ValueError(f"unknown knob {knob!r}; choose from {list(KNOB_VALUES)}")
-    return sorted((r for r in results if r["knob"] in ("baseline", knob)), key=lambda r: r[knob])
-
-
 def _value_label(run: Mapping[str, Any], knob: str) -> str:
     """The run's value of ``knob`` as a label: ``0.0005``, ``2``, ``nearest``."""
     return f"{run[knob]:g}" if isinstance(run[knob], float) else str(run[knob])
@@ -318,7 +312,7 @@ def knob_table(results: Sequence[Mapping[str, Any]], knob: str) -> Markdown:
     """The runs that change ``knob`` (and the baseline), every measure side by side: a table Jupyter renders
     (Markdown; its text is ``.data``)."""
     rows = []
-    for run in _runs_of(results, knob):
+    for run in knob_runs(results, knob):
         label = _value_label(run, knob) + (" (lecture)" if run["knob"] == "baseline" else "")
         if "diverged" in run:
             rows.append([label, f"diverged: {run['diverged']}", *[""] * (len(MEASURES) - 1)])
@@ -330,7 +324,7 @@ def knob_table(results: Sequence[Mapping[str, Any]], knob: str) -> Markdown:
 def plot_knob(results: Sequence[Mapping[str, Any]], knob: str, title: str | None = None,
               save_path: str | Path | None = None) -> Figure:
     """One panel per measure, one bar per value of ``knob`` (the lecture's value in a darker colour)."""
-    runs = [r for r in _runs_of(results, knob) if "diverged" not in r]
+    runs = [r for r in knob_runs(results, knob) if "diverged" not in r]
     measures = [(k, label) for k, label, _ in MEASURES if any(r.get(k) is not None for r in runs)]
     columns = 5
     fig, axes = plt.subplots(math.ceil(len(measures) / columns), columns, squeeze=False,
@@ -352,7 +346,7 @@ def plot_knob_faces(results: Sequence[Mapping[str, Any]], knob: str, folder: str
                     title: str | None = None, save_path: str | Path | None = None) -> Figure:
     """The ``originals`` (8 test faces), then each run's reconstructions of them and 8 samples from the prior."""
     rows, labels = [originals[:8].float()], ["test faces"]
-    for run in _runs_of(results, knob):
+    for run in knob_runs(results, knob):
         path = _faces(sweep_run_files(folder, run["name"], run["decoder"]))
         if "diverged" in run or not path.is_file():
             continue
@@ -364,64 +358,52 @@ def plot_knob_faces(results: Sequence[Mapping[str, Any]], knob: str, folder: str
                            save_path=save_path)
 
 
-def _run(results: Sequence[Mapping[str, Any]], knob: str, value: Any) -> Mapping[str, Any] | None:
-    """The measured run of ``results`` that has ``knob`` at ``value`` (the baseline counts), or ``None``."""
-    return next((r for r in _runs_of(results, knob) if r[knob] == value and "diverged" not in r), None)
+@dataclass(frozen=True)
+class SweepResults:
+    """What :func:`run_sweep` gives back: every run's metrics (``runs``, in the order asked), where the runs are saved
+    (``folder``), the test faces every run reconstructed (``real_images``) and the training images per epoch."""
+
+    runs: list[dict[str, Any]]
+    folder: Path
+    real_images: torch.Tensor
+    train_images: int
+
+    def swept(self, knob: str) -> bool:
+        """Whether a run of this sweep changed ``knob``."""
+        return any(run["knob"] == knob for run in self.runs)
 
 
-def _ordered(values: Sequence[float]) -> str:
-    """'rises', 'falls' or 'goes up and down' for a sequence of numbers."""
-    steps = [b - a for a, b in pairwise(values)]
-    return "rises" if all(d > 0 for d in steps) else "falls" if all(d < 0 for d in steps) else "goes up and down"
+def run_sweep(runs: Sequence[KnobSettings], notebook: NotebookRun, plan: Recipe, measure_fid: bool = True,
+              num_samples: int = 512, probe_images: int = 2000) -> SweepResults:
+    """Notebook 5's sweep in one call: the same loaders for every run (``plan``'s images and batch size, the
+    notebook's seed and data), the plan printed with the time it will take, FID set up (or one line why not),
+    every run trained and measured (:class:`KnobSweep`, under ``output_dir/knobs``), and the results recorded in
+    ``metrics.json`` (section ``knobs``). ``notebook``: what :func:`helper_setup.start_notebook` returned."""
+    loaders = get_cached_dataloaders_celeba(plan.batch_size, notebook.device, root=notebook.data,
+                                            train_images=plan.train_images, eval_images=plan.eval_images,
+                                            seed=notebook.seed)
+    print("{:,} training, {:,} validation, {:,} test images, the same for every run".format(
+        *(len(loader.dataset) for loader in loaders)))
+    sweep = KnobSweep(notebook.output_dir / "knobs", plan, *loaders, notebook.device,
+                      notebook.checkpoint_settings(plan, len(loaders[0].dataset)), seed=notebook.seed,
+                      num_samples=num_samples, probe_images=probe_images, frechet=measure_fid)
+    sweep.print_plan(runs)
+    fid, message = sweep.inception_fid() if measure_fid else (
+        None, "FID and the encoder-space Fréchet distance not measured (measure_fid = False).")
+    print(message)
+    results = sweep.run(runs, fid)
+    notebook.record("knobs", {r["name"]: r for r in results})
+    return SweepResults(results, sweep.folder, sweep.real_images, len(loaders[0].dataset))
 
 
-def knob_findings(results: Sequence[Mapping[str, Any]], train_images: int) -> Markdown:
-    """What this sweep's runs show, one bullet per knob that was swept, every number taken from ``results`` (the
-    runs' metrics; ``train_images``: images per epoch). Only what one seed and short runs can say."""
-    base = _run(results, "latent_dim", BASELINE.latent_dim)
-    if base is None:
-        return Markdown("The run with the lecture's settings is missing or diverged: nothing to compare with.")
-    epochs = base["epochs"]
-    lines = [(f"Every run: {epochs} epoch(s) over {train_images:,} images, {lecture_share(epochs * train_images)}; "
-              "one seed: differences of a few percent may be noise.")]
-    small = _run(results, "latent_dim", min(KNOB_VALUES["latent_dim"]))
-    if small is not None and small is not base:
-        lines.append(f"**Latent size**: with {small['latent_dim']} dimensions the reconstruction error is "
-                     f"{small['test_reconstruction'] / base['test_reconstruction']:.1f} times the 200-dimensional "
-                     f"model's ({small['test_reconstruction']:.0f} vs {base['test_reconstruction']:.0f}), PSNR "
-                     f"{small['psnr']:.1f} vs {base['psnr']:.1f} dB, probe {small['probe_balanced_accuracy']:.2f} vs "
-                     f"{base['probe_balanced_accuracy']:.2f} (0.5 is chance).")
-    weights = [r for r in _runs_of(results, "reconstruction_term_weight") if "diverged" not in r]
-    if len(weights) > 1:
-        said = " / ".join(f"{r['reconstruction_term_weight']:g}" for r in weights)
-        rec, kl = [r["test_reconstruction"] for r in weights], [r["test_kl"] for r in weights]
-        lines.append(f"**Reconstruction weight** {said}: reconstruction {' / '.join(f'{v:.0f}' for v in rec)} "
-                     f"({_ordered(rec)}), KL {' / '.join(f'{v:.0f}' for v in kl)} ({_ordered(kl)}); theory expects "
-                     "the reconstruction to fall and the KL to rise as the weight grows.")
-        distances = [r.get("fd_baseline_encoder") for r in weights]
-        if None not in distances:
-            lines.append(f"The samples' Fréchet distance {_ordered(distances)} with the weight "
-                         f"({' / '.join(f'{v:.1f}' for v in distances)}): {base['num_samples']} samples, one seed, "
-                         "measured in the baseline encoder's space (which favours the baseline), so read it as a "
-                         "hint, not a ranking.")
-    nearest = _run(results, "decoder", "nearest")
-    if nearest is not None:
-        lines.append(f"**Decoder**: SSIM {nearest['ssim']:.3f} with nearest-neighbour upsampling vs {base['ssim']:.3f}"
-                     f" with transposed convolutions ({nearest['ssim'] - base['ssim']:+.3f}); test loss "
-                     f"{nearest['test_loss']:.0f} vs {base['test_loss']:.0f}; checkerboard of samples "
-                     f"{nearest['checkerboard']:.2f} vs {base['checkerboard']:.2f} (1 = none).")
-    rates = [r for r in _runs_of(results, "learning_rate") if r is not base]
-    for run in rates:
-        rate = f"**Learning rate {run['learning_rate']:g}**"
-        if "diverged" in run:
-            lines.append(f"{rate} diverged: {run['diverged']}")
-        else:
-            lines.append(f"{rate}: test loss {run['test_loss']:.0f}, {run['test_loss'] / base['test_loss']:.2f} times "
-                         f"the lecture rate's {base['test_loss']:.0f} after the same {epochs} epoch(s).")
-    measured = [r for r in results if "diverged" not in r]
-    partial = [f"{r['name']} ({r['active_units']} of {r['latent_dim']})" for r in measured
-               if r["active_units"] < r["latent_dim"]]
-    lines.append(f"**Active units**: some dimensions collapsed to the prior in {', '.join(partial)}." if partial else
-                 f"**Active units**: every run kept all its latent dimensions active: no collapse is seen in runs "
-                 f"of {epochs} epoch(s), which says nothing about how many the lecture's 50 epochs keep.")
-    return Markdown("\n".join(f"* {line}" for line in lines))
+def show_knob(results: SweepResults, knob: str) -> None:
+    """The section of one knob: its table, one bar chart per measure and the faces of its runs; for a knob this
+    sweep did not change, one line saying so (no one-row table)."""
+    if not results.swept(knob):
+        print(f"{knob} was not swept (it is not in `knobs`): nothing to compare.")
+        return
+    label = knob.replace("_", " ").capitalize()
+    display(knob_table(results.runs, knob))
+    display(plot_knob(results.runs, knob, title=f"{label}: one short run per value"))
+    display(plot_knob_faces(results.runs, knob, results.folder, results.real_images,
+                            title=f"{label}: reconstructions and samples"))

@@ -341,14 +341,16 @@ def plot_modified_faces(
     diff_coefficients: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0),
     decoding_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: str | torch.device | None = None,
-    figsize: tuple[float, float] = (8, 2.5),
+    figsize: tuple[float, float] | None = None,
     title: str | None = None,
     save_path: str | Path | None = None,
 ) -> Figure:
     """``original + alpha * diff`` (top) and ``original - alpha * diff`` (bottom) for each alpha.
 
-    With ``decoding_fn`` the two are latent vectors, decoded for display; otherwise they are images.
+    With ``decoding_fn`` the two are latent vectors, decoded for display; otherwise they are images. ``figsize``
+    ``None`` draws every face at least at its own 128 pixels.
     """
+    figsize = figsize or (FACE_INCHES * len(diff_coefficients), 2 * FACE_INCHES + 0.6)
     fig, axes = plt.subplots(nrows=2, ncols=len(diff_coefficients), sharex=True, sharey=True, figsize=figsize,
                              squeeze=False)
     for i, alpha in enumerate(diff_coefficients):
@@ -518,3 +520,35 @@ def _stamped_frame(file: Path, epoch: int, num_epochs: int, faces: int) -> Image
     frame.paste(picture, (0, 22))
     ImageDraw.Draw(frame).text((4, 4), f"epoch {epoch} of {num_epochs}", fill="black", font=_stamp_font())
     return frame
+
+
+FACE_INCHES = 1.8  # one face's cell in the edit figures: 128 pixels and its title fit at 72 or 100 dpi
+
+
+@torch.no_grad()
+def plot_pixel_and_latent_edit(
+    face: torch.Tensor,
+    pixel_direction: torch.Tensor,
+    z_face: torch.Tensor,
+    latent_direction: torch.Tensor,
+    decoding_fn: Callable[[torch.Tensor], torch.Tensor],
+    device: str | torch.device | None = None,
+    diff_coefficients: Sequence[float] = (0.0, 1.0, 2.0, 3.0),
+    title: str | None = None,
+    save_path: str | Path | None = None,
+) -> Figure:
+    """One face edited two ways, as the lecture shows them side by side: the top row adds ``alpha`` times the
+    pixel-average difference to the image itself, the bottom row adds ``alpha`` times the latent direction to the
+    face's code ``z_face`` and decodes it (the bottom-left face is the reconstruction)."""
+    fig, axes = plt.subplots(2, len(diff_coefficients), squeeze=False,
+                             figsize=(FACE_INCHES * len(diff_coefficients), 2 * FACE_INCHES + 0.6))
+    for i, alpha in enumerate(diff_coefficients):
+        pixels = face.cpu().float() + alpha * pixel_direction.cpu().float()
+        code = (z_face + alpha * latent_direction).to(device).unsqueeze(0)
+        decoded = decoding_fn(code).float().cpu().squeeze(0)
+        for row, image in enumerate((pixels, decoded)):
+            show_image(axes[row][i], image)
+            axes[row][i].set_title(f"$\\alpha=${alpha:g}", fontsize=9)
+    _label_rows(axes, ["pixel space:\nface + alpha * d_pixels", "latent space:\ndecode(z + alpha * d)"])
+    fig.tight_layout()
+    return save_figure(fig, save_path, title)

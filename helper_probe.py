@@ -11,16 +11,10 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from IPython.display import Markdown
 from matplotlib.figure import Figure
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from celeba_vae.celeba_files import CELEBA_ATTRIBUTE_NAMES
 from helper_plotting import save_figure
-from helper_utils import markdown_table
 
 
 def _numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -45,6 +39,11 @@ def attribute_probe(
     0.5 is chance), ``majority_accuracy`` (test accuracy of always predicting the training majority) and
     ``positive_rate`` (share of test labels that are 1).
     """
+    from sklearn.linear_model import LogisticRegression  # scikit-learn loads here, when a probe is fitted
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     z_train, y_train, z_test, y_test = (_numpy(v) for v in (z_train, y_train, z_test, y_test))
     if y_train.ndim != 2 or y_train.shape[1] != len(names) or y_test.shape[1:] != y_train.shape[1:]:
         raise ValueError(f"labels of shapes {y_train.shape} (train) and {y_test.shape} (test) do not match "
@@ -68,19 +67,6 @@ def attribute_probe(
                         "balanced_accuracy": float(balanced),
                         "majority_accuracy": float(np.mean(test_labels == classes[np.argmax(counts)]))})
     return results
-
-
-def probe_table(results: Sequence[Mapping[str, Any]]) -> Markdown:
-    """The results of :func:`attribute_probe` as a table Jupyter renders (Markdown; its text is ``.data``)."""
-    header = ["Attribute", "Positive rate (held-out)", "Accuracy", "Majority-class accuracy", "Balanced accuracy"]
-    rows = []
-    for r in results:
-        if r["probeable"]:
-            scores = [f"{r[k]:.3f}" for k in ("accuracy", "majority_accuracy", "balanced_accuracy")]
-        else:
-            scores = ["not probeable (one class in training codes)", "", ""]
-        rows.append([r["attribute"], f"{r['positive_rate']:.3f}", *scores])
-    return markdown_table(header, rows)
 
 
 def plot_probe(

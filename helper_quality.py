@@ -12,13 +12,14 @@ Power spectra and the checkerboard score live in :mod:`helper_spectra`, the line
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from IPython.display import Markdown
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 
 from celeba_vae.training import LOSS_KEYS
 from helper_data import first_images
@@ -160,6 +161,8 @@ class FrechetScore:
                  device: str | torch.device = "cpu") -> None:
         if len(real_images) < 2:
             raise ValueError(f"a Fréchet distance needs at least 2 real images, got {len(real_images)}")
+        from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3  # torch-fidelity: only here
+
         self.batch_size = batch_size
         if isinstance(feature, int):
             extractor = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(feature)])
@@ -189,9 +192,11 @@ class FrechetScore:
 def inception_fid(real_images: torch.Tensor, device: str | torch.device = "cpu") -> tuple[FrechetScore | None, str]:
     """``(score, message)``: FID at the standard settings against ``real_images``, or ``None`` with the reason when
     the Inception weights cannot be had (no internet and nothing in the torch hub cache, or torch-fidelity missing).
+    What the download prints is kept back: the message says in one line what happened.
     """
     try:
-        score = FrechetScore(real_images, 2048, device=device)
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            score = FrechetScore(real_images, 2048, device=device)
     except (OSError, ModuleNotFoundError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return None, (f"FID skipped: its Inception-v3 weights could not be loaded ({reason}); "

@@ -1,16 +1,32 @@
 """How much training a run does: the lecture's settings, the laptop recipe for a CPU, the mps recipe for an Apple
-GPU, and the demo; and the names of the knobs notebook 5 turns. Light on purpose: ``run_lecture.py --help`` reads
+GPU, and the demo; and the knobs notebook 5 turns, with their values. Light on purpose: ``run_lecture.py --help`` reads
 these names without importing torch."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-KNOB_NAMES = ("latent_dim", "reconstruction_term_weight", "decoder", "learning_rate")
+# The knobs notebook 5 turns and the values it tries (the lecture's among them); the runner's --knobs reads the names.
+KNOB_VALUES: dict[str, tuple[Any, ...]] = {
+    "latent_dim": (2, 16, 200),
+    "reconstruction_term_weight": (0.1, 1.0, 10.0),
+    "decoder": ("transpose", "nearest"),
+    "learning_rate": (1e-4, 5e-4, 2e-3),
+}
+KNOB_NAMES = tuple(KNOB_VALUES)
+
+
+def knob_runs(results: Sequence[Mapping[str, Any]], knob: str) -> list[Mapping[str, Any]]:
+    """The runs of a sweep's ``results`` that change ``knob``, and the lecture's (``"knob": "baseline"``), ordered by
+    the knob's value."""
+    if knob not in KNOB_VALUES:
+        raise ValueError(f"unknown knob {knob!r}; choose from {list(KNOB_VALUES)}")
+    return sorted((r for r in results if r["knob"] in ("baseline", knob)), key=lambda r: r[knob])
 
 
 @dataclass(frozen=True)
@@ -34,9 +50,9 @@ class Recipe:
         epochs = f"{self.num_epochs} epoch{'' if self.num_epochs == 1 else 's'}"
         return f"{images}, {epochs}, batch size {self.batch_size}{capped}"
 
-    def changed(self, **values: int | None) -> Recipe:
+    def override(self, *, say: bool = True, **values: int | None) -> Recipe:
         """This recipe with every value that is not ``None`` replaced; its name says what changed
-        (``"demo, num_epochs=1"``)."""
+        (``"demo, num_epochs=1"``). ``say``: print in one line what training does instead (nothing when unchanged)."""
         changes = {k: v for k, v in values.items() if v is not None and v != getattr(self, k)}
         for key, value in changes.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -44,12 +60,8 @@ class Recipe:
         if not changes:
             return self
         named = ", ".join(f"{key}={value}" for key, value in changes.items())
-        return replace(self, name=f"{self.name}, {named}", **changes)
-
-    def override(self, **values: int | None) -> Recipe:
-        """:meth:`changed`, saying in one line what training does instead of the recipe (nothing when unchanged)."""
-        recipe = self.changed(**values)
-        if recipe is not self:
+        recipe = replace(self, name=f"{self.name}, {named}", **changes)
+        if say:
             print(f"Training instead: {recipe.name} ({recipe.describe()})")
         return recipe
 

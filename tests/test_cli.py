@@ -207,10 +207,12 @@ def test_help_and_argument_errors_load_no_heavy_library() -> None:
 
 
 def test_the_runners_knob_names_are_notebook_5s() -> None:
-    from celeba_vae.recipes import KNOB_NAMES
-    from helper_knobs import KNOB_VALUES
+    import helper_knobs
+    from celeba_vae.recipes import KNOB_NAMES, KNOB_VALUES
 
-    assert tuple(KNOB_VALUES) == KNOB_NAMES
+    assert tuple(KNOB_VALUES) == KNOB_NAMES and helper_knobs.KNOB_VALUES is KNOB_VALUES  # one source: recipes
+    assert [run.changed_knob for run in helper_knobs.knob_grid()[1:]] == [
+        knob for knob in KNOB_NAMES for _ in KNOB_VALUES[knob][1:]]
 
 
 def test_self_check_gets_the_lectures_training_step_and_the_device(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,8 @@ import torch
 
 import helper_findings as hf
 from celeba_vae.celeba_files import CELEBA_ATTRIBUTE_NAMES
-from helper_latent import AttributeMeans, latent_statistics
+from helper_data import AttributeMeans
+from helper_latent import latent_statistics
 from helper_plotting import EpochImages
 from helper_probe import attribute_probe
 from helper_spectra import checkerboard_score
@@ -231,9 +232,15 @@ def test_average_faces_and_entanglement_come_from_the_run() -> None:
     n = len(CELEBA_ATTRIBUTE_NAMES)
     images = torch.full((n, 3, 8, 8), 0.5)
     changed = images.clone()
-    changed[CELEBA_ATTRIBUTE_NAMES.index("Eyeglasses")] += 0.2
+    changed[CELEBA_ATTRIBUTE_NAMES.index("Eyeglasses"), :, 2:3, :] += 0.2  # a band two rows from the top
     text = _text(hf.average_faces_findings(_means(changed, images), ["Smiling", "Eyeglasses"]))
-    assert "Smiling: 0.000 (nearly identical)" in text and "Eyeglasses: 0.200 (visibly different)" in text
+    assert "Smiling: the averages are nearly identical: 0.0% of the pixels differ by 0.05" in text
+    assert "Eyeglasses: the averages **differ visibly**: 12.5% of the pixels differ by 0.05 or more" in text
+    assert "largest 0.20), most in rows 2-2 of 8 from the top" in text and "(20 faces;" in text
+    faint = images.clone()
+    faint[CELEBA_ATTRIBUTE_NAMES.index("Eyeglasses")] += 0.04
+    assert "Eyeglasses: the averages are nearly identical" in _text(hf.average_faces_findings(
+        _means(faint, images), ["Eyeglasses"]))
     torch.manual_seed(0)
     codes = torch.randn(n, 16)
     glasses, male = CELEBA_ATTRIBUTE_NAMES.index("Eyeglasses"), CELEBA_ATTRIBUTE_NAMES.index("Male")
@@ -249,8 +256,44 @@ def test_code_lengths_and_strongest_dimensions() -> None:
     z_mean[:, 3] = torch.linspace(-1, 1, 100)
     std = z_mean.std(dim=0)
     assert f"z[7] ({std[7]:.2f}), z[3] ({std[3]:.2f})." in _text(hf.strongest_dimensions_findings(z_mean, 2))
-    text = _text(hf.code_length_findings(torch.full((10, 200), 0.5)))
-    assert "length 7.1 on average" in text and "sqrt(200) = 14.1" in text
+    short = hf.code_length_facts(torch.full((10, 200), 0.5), torch.full((10, 200), 1.0))
+    assert short["prior_beyond_median"] == 1.0 and abs(short["prior_length"] - 14.1) < 0.2
+    text = _text(hf.code_length_findings(short))
+    assert "length 7.1 on average" in text and "sqrt(200) = 14.1" in text and "z = mu + sigma * eps" in text
+    assert "14.1; codes drawn" in text and "100% of the prior's draws are longer than the median face's mean" in text
+    assert "only as a face's mean plus the encoder's noise" in text
+    torch.manual_seed(0)
+    like_prior = _text(hf.code_length_findings(hf.code_length_facts(torch.randn(500, 200))))
+    assert "about as long as the prior's draws" in like_prior and "sampled codes" not in like_prior
+    assert "reach further out" in _text(hf.code_length_findings(hf.code_length_facts(torch.full((10, 200), 2.0))))
+
+
+def test_decoded_averages_are_measured_against_the_pixel_averages() -> None:
+    torch.manual_seed(0)
+    ramp = torch.linspace(0.2, 0.8, 64).repeat(4, 3, 64, 1)
+    pixel, smooth = ramp + 0.02 * torch.randn(4, 3, 64, 64), ramp + 0.002 * torch.randn(4, 3, 64, 64)
+    grid = torch.zeros(64, 64)
+    grid[::2, ::2] = 0.3
+    detail = torch.nn.functional.interpolate(0.1 * torch.randn(4, 3, 32, 32), scale_factor=2)
+    text = _text(hf.decoded_averages_findings(pixel, ramp + detail + grid))
+    assert "decoded averages are **sharper**" in text and "**a grid** shows" in text
+    text = _text(hf.decoded_averages_findings(pixel, smooth))
+    assert "decoded averages are **blurrier**" in text and "no grid beyond" in text
+    edges = f"{hf._edge_strength(smooth).mean():.4f} decoded vs {hf._edge_strength(pixel).mean():.4f} in pixel space"
+    assert edges in text
+    text = _text(hf.decoded_averages_findings(pixel, pixel + grid))
+    assert "**no sharper**" in text and "**a grid** shows" in text, "the grid is no detail"
+
+
+def test_the_probe_findings_quote_this_runs_scores() -> None:
+    scores = {"Smiling": 0.83, "Eyeglasses": 0.91, "Male": 0.55, "Bald": 0.62, "Wavy_Hair": 0.51}
+    probe = [{"attribute": name, "probeable": True, "balanced_accuracy": score} for name, score in scores.items()]
+    probe.append({"attribute": "Mustache", "probeable": False, "balanced_accuracy": float("nan")})
+    text = _text(hf.probe_findings(probe, fit_images=600, test_images=600))
+    assert "fitted on 600 codes, scored on 600 others" in text and "above 0.6 for 3 of 5 attributes" in text
+    assert "highest Eyeglasses 0.91, Smiling 0.83, Bald 0.62" in text
+    assert "lowest Bald 0.62, Male 0.55, Wavy_Hair 0.51" in text
+    assert "; the attributes parts 3 and 4 name: Smiling 0.83, Eyeglasses 0.91, Male 0.55 (0.5 is chance)" in text
 
 
 def test_probe_weighs_a_rare_attribute_as_its_balanced_accuracy_scores_it() -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -14,18 +17,19 @@ from PIL import Image
 
 import helper_knobs
 import run_lecture
-from celeba_vae.recipes import Recipe
+from celeba_vae.recipes import KNOB_VALUES, Recipe
 from helper_data import get_cached_dataloaders_celeba
+from helper_findings import knob_findings
 from helper_knobs import (
     BASELINE,
-    KNOB_VALUES,
     MEASURES,
     KnobSweep,
-    knob_findings,
+    SweepResults,
     knob_grid,
     knob_table,
     plot_knob,
     plot_knob_faces,
+    show_knob,
 )
 from helper_quality import FrechetScore
 
@@ -67,6 +71,9 @@ def test_the_sweep_saves_every_run_skips_finished_ones_and_continues_an_interrup
     assert sweep.print_plan(runs) > 0
     assert "2 runs (0 already finished and skipped, 2 to train)" in capsys.readouterr().out
     results = sweep.run(runs, FrechetScore(sweep.real_images, MeanColours()))
+    trained = capsys.readouterr().out
+    assert "resume=True" not in trained, "a resume the learner never asked for is reported"
+    assert trained.count("***Epoch: 001/001") == 2 and "| Batch " not in trained, "each epoch once per run"
     for run, result in zip(runs, results, strict=True):
         files = sweep.files(run)
         assert files.checkpoint.is_file() and (files.run_dir / "faces.pt").is_file()
@@ -139,17 +146,26 @@ def test_notebook_5_runs_headless_with_a_tiny_grid(tmp_path: Path) -> None:
     out = tmp_path / "outputs"
     run_lecture.run_notebook(run_lecture.KNOBS, tmp_path / "executed.ipynb", {
         "dataset": "synthetic", "num_synthetic": 60, "data_root": str(tmp_path / "data"), "output_dir": str(out),
-        "device": "cpu", "knobs": ["latent_dim"], "num_epochs": 1, "batch_size": 16, "num_samples": 8,
-        "probe_images": 20, "measure_fid": False})
+        "device": "cpu", "knobs": ["latent_dim"], "num_epochs": 1, "batch_size": 16, "measure_fid": False})
     metrics = json.loads((out / "metrics.json").read_text())["knobs"]
     assert sorted(run["latent_dim"] for run in metrics.values()) == [2, 16, 200]
-    assert {"knobs_latent_dim.png", "knobs_latent_dim_faces.png", "knobs_decoder.png"} <= {
-        p.name for p in (out / "figures").iterdir()}
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert {"transpose_latent_dim_one_short_run_per_value.png",
+            "transpose_latent_dim_reconstructions_and_samples.png"} <= figures, figures
+    assert not any("decoder" in name or "learning_rate" in name for name in figures), "figures of knobs not run"
     executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
     printed = "".join(o.get("text", "") for o in outputs)
     assert "3 runs (0 already finished and skipped, 3 to train)" in printed
     assert "FID and the encoder-space Fréchet distance not measured" in printed and "SYNTHETIC" in printed
+    assert "resume=True" not in printed and printed.count("***Epoch: 001/001") == 3
+    assert not [o for o in outputs if o.get("output_type") == "execute_result" and set(o["data"]) == {"text/plain"}
+                and not o["data"]["text/plain"].startswith("<Figure")], "a cell shows a stray value"
+    for knob in ("reconstruction_term_weight", "decoder", "learning_rate"):
+        assert f"{knob} was not swept" in printed
+    figures_shown = sum("image/png" in o.get("data", {}) or o.get("data", {}).get("text/plain", "").startswith(
+        "<Figure") for o in outputs)  # an image, or its text where the kernel's backend is Agg
+    assert figures_shown == 2, "one bar chart and one face grid: latent_dim's section only"
     assert all(run["fd_baseline_encoder"] is None for run in metrics.values())
     shown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert "| 16 |" in shown
@@ -195,12 +211,39 @@ def test_the_findings_state_the_runs_numbers_and_follow_them() -> None:
 
     results[2]["test_reconstruction"], results[0]["active_units"] = 700.0, 150
     results[2]["fd_baseline_encoder"] = None
+    results[0].update(probe_fit_images=20, probe_test_images=30)
     changed = knob_findings(results, 2400).data
     assert "reconstruction 700 / 900 / 800 (goes up and down)" in changed and "Fréchet" not in changed
     assert f"collapsed to the prior in {BASELINE.name} (150 of 200)" in changed and "no collapse" not in changed
+    assert "probe is fitted on 20 validation codes and scored on 30 test codes" in changed
 
 
 def test_the_findings_say_only_what_the_swept_knobs_measured() -> None:
     alone = knob_findings([fake_run()], 2400).data
     assert "Decoder" not in alone and "Learning rate" not in alone and "Latent size" not in alone
     assert "missing or diverged" in knob_findings([fake_run(replace(BASELINE, latent_dim=2))], 2400).data
+
+
+def test_a_knob_that_was_not_swept_gets_one_line_and_no_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = SweepResults([fake_run(), fake_run(replace(BASELINE, decoder="nearest"))], tmp_path,
+                           torch.rand(8, 3, 16, 16), 100)
+    assert results.swept("decoder") and not results.swept("latent_dim")
+    shown: list[object] = []
+    monkeypatch.setattr(helper_knobs, "display", shown.append)
+    show_knob(results, "latent_dim")
+    assert not shown and "latent_dim was not swept" in capsys.readouterr().out
+    show_knob(results, "decoder")
+    table = shown[0].data.splitlines()
+    assert len(table) == 4 and table[2].startswith("| nearest |") and "transpose (lecture)" in table[3]
+    assert len(shown) == 3 and "latent_dim was not swept" not in capsys.readouterr().out
+
+
+def test_importing_the_helpers_of_notebooks_3_to_5_loads_neither_scikit_learn_nor_widgets() -> None:
+    code = ("import sys, helper_explorer, helper_findings, helper_knobs, helper_latent, helper_probe\n"
+            "print(sorted(m for m in ('sklearn', 'ipywidgets') if m in sys.modules))")
+    repo = NOTEBOOK.parent.parent
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, check=False,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

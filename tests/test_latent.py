@@ -5,17 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helper_data import attribute_index, compute_average_faces, get_cached_dataloaders_celeba
-from helper_latent import (
-    aligned_attributes_table,
-    attribute_direction,
-    attribute_means,
-    decode,
-    encode_dataset,
-    interpolate,
-    latent_statistics,
-    reconstruct,
-)
+from helper_data import attribute_index, attribute_means, compute_average_faces, get_cached_dataloaders_celeba
+from helper_latent import aligned_attributes_table, decode, encode_dataset, interpolate, latent_statistics, reconstruct
+from helper_plotting import plot_modified_faces, plot_pixel_and_latent_edit
 from helper_train import evaluate_vae, train_vae_v1
 from helper_utils import set_all_seeds
 from model import VAE
@@ -37,7 +29,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[VAE, tuple]:
 def test_smiling_direction_moves_a_face_towards_the_average_smile(trained: tuple) -> None:
     model, (train_loader, _, test_loader) = trained
     smiling = attribute_index("Smiling")
-    direction, _, _ = attribute_direction(model, train_loader, "Smiling", "cpu")
+    direction = attribute_means(train_loader, "cpu", model=model, max_images=None).direction("Smiling")
     assert direction.shape == (200,) and direction.norm() > 0.1
     average_smile, _ = compute_average_faces(smiling, (3, 128, 128), train_loader)
     faces = torch.cat([images[labels[:, smiling] == 0] for images, labels in test_loader])[:16]
@@ -141,3 +133,40 @@ def test_aligned_attributes_find_the_attribute_that_moves_along() -> None:
     assert all(abs(cosine) < 0.5 for _, cosine in aligned[1:])
     table = aligned_attributes_table(means, ["Eyeglasses", "Smiling"], k=2).data
     assert "| Eyeglasses | Male (+1.00)" in table and table.count("\n") == 3
+
+
+def test_the_lectures_average_faces_are_one_attribute_of_attribute_means() -> None:
+    labels = torch.zeros(6, 40, dtype=torch.int64)
+    smiling = attribute_index("Smiling")
+    labels[[0, 2, 5], smiling] = 1
+    images = torch.arange(6, dtype=torch.float32).reshape(6, 1, 1, 1).expand(6, 3, 2, 2)
+    loader = [(images[:4], labels[:4]), (images[4:], labels[4:])]
+    with_face, without_face = compute_average_faces(smiling, (3, 2, 2), loader)
+    assert torch.allclose(with_face, torch.full((3, 2, 2), 7 / 3)) and torch.allclose(without_face, torch.full(
+        (3, 2, 2), 8 / 3))
+    code_with, _ = compute_average_faces(smiling, 2, loader, encoding_fn=lambda x: x.flatten(1)[:, :2] * 2)
+    assert torch.allclose(code_with, torch.full((2,), 14 / 3))
+    with pytest.raises(ValueError, match="Eyeglasses is never present"):
+        compute_average_faces(attribute_index("Eyeglasses"), (3, 2, 2), loader)
+
+
+def test_the_pixel_edit_adds_the_average_difference_beside_the_latent_edit() -> None:
+    face = torch.full((3, 8, 8), 0.2)
+    pixel_direction = torch.zeros(3, 8, 8)
+    pixel_direction[0] = 0.1  # the attribute makes faces redder
+    decoded: list[torch.Tensor] = []
+
+    def decoding_fn(z: torch.Tensor) -> torch.Tensor:
+        decoded.append(z)
+        return torch.full((1, 3, 8, 8), float(z.sum()) / 10)
+
+    fig = plot_pixel_and_latent_edit(face, pixel_direction, torch.zeros(4), torch.ones(4), decoding_fn,
+                                     diff_coefficients=(0, 1, 3))
+    images = [ax.get_images()[0].get_array() for ax in fig.axes]
+    assert len(images) == 6 and [float(z.sum()) for z in decoded] == [0.0, 4.0, 12.0]
+    assert images[2][0, 0, 0] == pytest.approx(0.5) and images[2][0, 0, 1] == pytest.approx(0.2)  # 0.2 + 3 * 0.1
+    assert images[5][0, 0, 0] == pytest.approx(1.0)  # decode(0 + 3 * ones(4)) = 12 / 10, clamped to 1
+    assert fig.get_size_inches()[0] / 3 * fig.dpi >= 128, "each face at its own 128 pixels at least"
+    modified = plot_modified_faces(torch.zeros(4), torch.ones(4), decoding_fn=decoding_fn)
+    width, height = modified.get_size_inches() * modified.dpi
+    assert width / 7 >= 128 and height / 2 >= 128, "the lecture's 7 alphas, each face at 128 pixels at least"

@@ -153,9 +153,14 @@ def check_statements_against_metrics(executed: Path, metrics: dict, train_images
     assert not any("plausible faces" in c.source for c in cells), "samples described before they were drawn"
     latent = metrics["latent"]["transpose"]
     assert latent["images"] == train_images, "part 3 did not encode the images part 1 trained on"
-    assert (f"{latent['active_units']} of {latent['latent_dim']} dimensions are active over {latent['images']:,}"
-            in _markdown(executed / NOTEBOOKS[2]))
+    third = _markdown(executed / NOTEBOOKS[2])
+    active = f"{latent['active_units']} of {latent['latent_dim']} dimensions are active over {latent['images']:,}"
+    assert active in third
+    assert f"the posterior means of {latent['images']:,} faces have length" in third and "sqrt(200) = 14.1" in third
+    fitted = latent["images"] // 2
+    assert f"probe** (fitted on {fitted:,} codes, scored on {latent['images'] - fitted:,} others)" in third
     fourth = _markdown(executed / NOTEBOOKS[3])
+    assert f"**These averages** ({train_images:,} faces;" in fourth and "Measured on these 4 averages" in fourth
     row = next(line for line in fourth.splitlines() if line.startswith("| Eyeglasses |"))
     aligned = row.split("|")[2].strip().split(" (")[0]
     assert f"the Eyeglasses direction is most aligned with {aligned}'s: it points" in fourth
