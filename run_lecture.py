@@ -310,8 +310,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(output_dir)
     decoders, why = choose_decoders(args.decoder, device)
     print(data.message)
-    plan = RECIPES[recipe_name(args.recipe, device.type, data.kind)].changed(
-        num_epochs=args.epochs, batch_size=args.batch_size, train_images=args.train_images,
+    plan = RECIPES[recipe_name(args.recipe, device.type, data.kind)].override(
+        say=False, num_epochs=args.epochs, batch_size=args.batch_size, train_images=args.train_images,
         eval_images=args.eval_images)
     print(recipe_line(args.recipe, plan))
     if why:
