@@ -69,11 +69,6 @@ class NotebookRun:
                                           train_images=plan.train_images, eval_images=plan.eval_images, seed=self.seed)
         raise ValueError(f"loader={loader!r} is not one of 'fast', 'lecture'")
 
-    def title(self, text: str) -> str:
-        """``text``: :func:`helper_plotting.save_figure` now adds the synthetic-faces note itself (kept while
-        notebooks 3-5 still call it)."""
-        return text
-
     def checkpoint_settings(self, recipe: Recipe, train_images: int) -> dict[str, object]:
         """What a checkpoint records about the run: the data it was trained on and the training settings."""
         return {"data": self.data.record(train_images), "recipe": recipe.name, "batch_size": recipe.batch_size,
