@@ -52,10 +52,11 @@ def test_runner_executes_all_notebooks_for_both_decoders(tmp_path: Path, capfd: 
                 "transpose_zoomed_crops.png", "transpose_checkerboard_score_per_epoch.png",
                 "nearest_reconstructions_by_decoder.png", "nearest_samples_by_decoder.png",
                 "transpose_training_faces.png", "transpose_power_spectra.png", "transpose_epochs.gif",
-                "transpose_latent_histograms.png", "transpose_latent_summary.png", "average_faces.png",
-                "transpose_modified_Eyeglasses.png", "nearest_latent_average_faces.png",
-                "nearest_interpolation.png", "nearest_interpolation.gif", "nearest_attribute_probe.png",
-                "transpose_explorer.png"}
+                "transpose_latent_codes_of_train_faces.png", "transpose_all_latent_dimensions.png",
+                "transpose_average_faces.png", "transpose_adding_and_removing_eyeglasses.png",
+                "transpose_adding_smiling_pixels_or_codes.png", "nearest_decoded_average_codes.png",
+                "nearest_interpolation.png", "nearest_interpolation.gif", "nearest_what_the_latent_space_knows.png",
+                "transpose_latent_explorer.png"}
     assert expected <= figures
     for name in {n for n in expected if n.endswith(".png")}:
         with Image.open(out / "figures" / name) as image:

@@ -77,6 +77,7 @@ for name in names:
 for script in sorted((root / "benchmarks").glob("*.py")):
     spec = importlib.util.spec_from_file_location(script.stem, script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[script.stem] = module  # as importlib's recipe does: a dataclass looks its module up there
     spec.loader.exec_module(module)
     if script.stem == "benchmark_pipeline":
         print("load average:", module.load_average())
