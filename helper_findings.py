@@ -214,28 +214,22 @@ def sample_facts(model: torch.nn.Module, data_loader: Iterable, device: str | to
                  max_images: int = 512, seed: int = 123) -> dict[str, Any]:
     """Where codes drawn from N(0, I) land, and how sharp their faces are, against the test faces' own codes.
 
-    ``code_lengths``: the mean, lowest and highest length of the posterior means of up to ``max_images`` faces of
-    ``data_loader``; ``prior_length``: the mean length of ``num_samples`` codes drawn with ``seed`` (about
-    sqrt(latent_dim)); ``beyond_faces``: the share of those draws longer than every face's code. ``edges``: the mean
-    absolute difference between neighbouring pixels of the images at half resolution (2x2 averages, which remove a
-    stride-2 pattern, so this measures blur alone) of the real faces, their reconstructions and the samples.
+    The lengths of the posterior means of up to ``max_images`` faces of ``data_loader`` against draws from N(0, I)
+    (:func:`code_length_facts`, with ``seed``); ``edges``: the mean absolute difference between neighbouring pixels
+    of the images at half resolution (2x2 averages, which remove a stride-2 pattern, so this measures blur alone) of
+    the real faces, their reconstructions and ``num_samples`` samples decoded from codes drawn with ``seed``.
     """
-    lengths, edges = [], {"real": [], "reconstructions": [], "samples": []}
+    z_means, edges = [], {"real": [], "reconstructions": [], "samples": []}
     with eval_mode(model):
         for images, _ in first_images(data_loader, max_images):
             images = images.to(device, torch.float32)
             z_mean = model.encode(images)[0].float()
-            lengths.append(z_mean.norm(dim=1).cpu())
+            z_means.append(z_mean.cpu())
             edges["real"].append(_edge_strength(images))
             edges["reconstructions"].append(_edge_strength(model.decode(z_mean)))
         z = torch.randn(num_samples, model.latent_dim, generator=torch.Generator().manual_seed(seed))
         edges["samples"].append(_edge_strength(model.decode(z.to(device))))
-    lengths = torch.cat(lengths)
-    drawn = z.norm(dim=1)
-    return {"images": len(lengths), "latent_dim": model.latent_dim, "samples": num_samples,
-            "code_length": float(lengths.mean()), "code_length_min": float(lengths.min()),
-            "code_length_max": float(lengths.max()), "prior_length": float(drawn.mean()),
-            "beyond_faces": float((drawn > lengths.max()).float().mean()),
+    return {**code_length_facts(torch.cat(z_means), seed=seed), "samples": num_samples,
             "edges": {kind: float(torch.cat(values).mean()) for kind, values in edges.items()}}
 
 
@@ -251,17 +245,17 @@ def sample_findings(facts: Mapping[str, Any]) -> Markdown:
     edges = facts["edges"]
     ratio = edges["samples"] / edges["reconstructions"]
     blur = ("blurrier than" if ratio < 0.9 else "sharper than" if ratio > 1.1 else "about as sharp as")
-    share = facts["code_length"] / facts["prior_length"]
+    share = facts["mean_length"] / facts["prior_length"]
     where = ("prior draws land farther out than most faces' codes" if share < 0.85 else
              "prior draws land nearer the centre than most faces' codes" if share > 1.15 else
              "by length, prior draws sit among the faces' codes")
-    beyond = (f"{facts['beyond_faces']:.0%} of the draws are longer than every face's code (farther out than any "
-              "code the decoder was trained on here)" if facts["beyond_faces"] else
+    beyond = (f"{facts['prior_beyond_longest']:.0%} of the draws are longer than every face's code (farther out "
+              "than any code the decoder was trained on here)" if facts["prior_beyond_longest"] else
               "none of the draws is longer than the longest face's code")
     return Markdown(
         f"**This run's samples.** The posterior means of {facts['images']:,} test faces have length "
-        f"{facts['code_length']:.1f} on average (from {facts['code_length_min']:.1f} to "
-        f"{facts['code_length_max']:.1f}); the {facts['samples']} codes drawn from N(0, I) for the samples above "
+        f"{facts['mean_length']:.1f} on average (from {facts['min_length']:.1f} to "
+        f"{facts['max_length']:.1f}); codes drawn from N(0, I), as for the samples above, "
         f"have length {facts['prior_length']:.1f} on average (about sqrt({facts['latent_dim']}) = "
         f"{facts['latent_dim'] ** 0.5:.1f}): {where}, and {beyond}. Edge strength (at half resolution, where a "
         f"stride-2 pattern averages out): real faces {edges['real']:.4f}, reconstructions "
@@ -396,8 +390,8 @@ def entanglement_findings(latent_means: AttributeMeans, attribute: str) -> Markd
 
 def code_length_facts(z_mean: torch.Tensor, z: torch.Tensor | None = None, seed: int = 0) -> dict[str, Any]:
     """Lengths of the posterior means (and of the sampled codes ``z``) against as many codes drawn from N(0, I), the
-    codes the decoder gets when it samples: mean, median and range, and the share of prior draws longer than the
-    median face's mean."""
+    codes the decoder gets when it samples: mean, median and range, and the shares of prior draws longer than the
+    median face's mean and than the longest."""
     means = z_mean.detach().float().norm(dim=1)
     prior = torch.randn(max(len(means), 1000), z_mean.shape[1], generator=torch.Generator().manual_seed(seed))
     prior = prior.norm(dim=1)
@@ -405,7 +399,8 @@ def code_length_facts(z_mean: torch.Tensor, z: torch.Tensor | None = None, seed:
     return {"images": len(means), "latent_dim": z_mean.shape[1], "mean_length": float(means.mean()),
             "median_length": median, "min_length": float(means.min()), "max_length": float(means.max()),
             "sampled_length": float(z.detach().float().norm(dim=1).mean()) if z is not None else None,
-            "prior_length": float(prior.mean()), "prior_beyond_median": float((prior > median).float().mean())}
+            "prior_length": float(prior.mean()), "prior_beyond_median": float((prior > median).float().mean()),
+            "prior_beyond_longest": float((prior > means.max()).float().mean())}
 
 
 def code_length_findings(facts: Mapping[str, Any]) -> Markdown:

@@ -167,15 +167,17 @@ class KnobSweep:
 
     def estimate_seconds(self, knob: KnobSettings, steps: int = 3) -> float:
         """Seconds one run of ``knob`` will take on this device: ``steps`` training steps (after one warm-up step)
-        and two batches of evaluation, timed, scaled to the plan's epochs and the images measured."""
+        and two batches of evaluation, timed, scaled to the plan's epochs and the images measured. The steps are
+        timed eagerly (too few to capture a CUDA graph), so on CUDA, where the runs replay one, this is an upper
+        bound."""
         set_all_seeds(self.seed)
         model = VAE(knob.latent_dim, knob.decoder).to(self.device)
         optimizer = adam(model, lr=knob.learning_rate)
         batches = list(islice(self.train_loader, steps + 1))
         with contextlib.redirect_stdout(io.StringIO()):
-            train_vae_v1(1, model, optimizer, self.device, batches[:1], progress=False)
+            train_vae_v1(1, model, optimizer, self.device, batches[:1], progress=False, cuda_graph=False)
             start = time.perf_counter()
-            train_vae_v1(1, model, optimizer, self.device, batches[1:], progress=False)
+            train_vae_v1(1, model, optimizer, self.device, batches[1:], progress=False, cuda_graph=False)
             step = (time.perf_counter() - start) / max(len(batches) - 1, 1)
             test_batches = list(islice(self.test_loader, 2))
             start = time.perf_counter()

@@ -46,7 +46,8 @@ from celeba_vae.selfcheck import takes_cuda_graph
 from celeba_vae.synthetic import write_synthetic_celeba
 from celeba_vae.timing import TimedBatches, peak_host_mib, synchronize
 from helper_data import default_transform
-from helper_train import EpochImages, adam, evaluate_vae, train_vae_v1, vae_loss
+from helper_plotting import EpochImages
+from helper_train import adam, evaluate_vae, train_vae_v1, vae_loss
 from helper_utils import get_device, set_all_seeds
 from model import VAE
 

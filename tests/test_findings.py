@@ -146,16 +146,16 @@ def test_sample_findings_follow_the_code_lengths_and_the_blur_of_this_run() -> N
     facts = _facts(model, images)
     with torch.no_grad():
         lengths = model.eval().encode(images)[0].norm(dim=1)
-    assert facts["code_length_max"] == pytest.approx(float(lengths.max()), rel=1e-5)
-    assert facts["code_length"] == pytest.approx(float(lengths.mean()), rel=1e-5)
-    short = {**facts, "code_length": 4.0, "code_length_min": 3.0, "code_length_max": 5.0, "beyond_faces": 1.0,
+    assert facts["max_length"] == pytest.approx(float(lengths.max()), rel=1e-5)
+    assert facts["mean_length"] == pytest.approx(float(lengths.mean()), rel=1e-5)
+    short = {**facts, "mean_length": 4.0, "min_length": 3.0, "max_length": 5.0, "prior_beyond_longest": 1.0,
              "edges": {"real": 0.05, "reconstructions": 0.02, "samples": 0.01}}
     text = _text(hf.sample_findings(short))
     assert "length 4.0 on average (from 3.0 to 5.0)" in text
     assert "100% of the draws are longer than every face's" in text
     assert "prior draws land farther out than most faces' codes" in text
     assert "samples are blurrier than the reconstructions (50% of their edge strength)" in text
-    sharp = {**short, "code_length": 14.0, "beyond_faces": 0.0,
+    sharp = {**short, "mean_length": 14.0, "prior_beyond_longest": 0.0,
              "edges": {"real": 0.05, "reconstructions": 0.02, "samples": 0.03}}
     text = _text(hf.sample_findings(sharp))
     assert "none of the draws is longer than the longest face's code" in text
