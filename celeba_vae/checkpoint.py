@@ -111,19 +111,11 @@ def checkpoint_contents(
 
 
 def save_checkpoint(
-    path: str | Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    *,
-    epoch: int = 0,
-    log_dict: dict[str, list[float]] | None = None,
-    settings: dict[str, Any] | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    run_id: str | None = None,
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, **contents: Any
 ) -> Path:
-    """Atomically save the :func:`checkpoint_contents` of ``model`` and the rest."""
-    checkpoint = checkpoint_contents(model, optimizer, epoch=epoch, log_dict=log_dict, settings=settings,
-                                     scaler=scaler, run_id=run_id)
+    """Atomically save the :func:`checkpoint_contents` of ``model``, ``optimizer`` and the keyword ``contents``
+    (``epoch``, ``log_dict``, ``settings``, ``scaler``, ``run_id``)."""
+    checkpoint = checkpoint_contents(model, optimizer, **contents)
     return atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
