@@ -42,7 +42,7 @@ KNOBS = "5_what_the_knobs_do.ipynb"
 # The lines of a notebook the terminal shows: train_vae_v1's summary of an epoch, and notebook 5's line per run.
 SHOWN_LINES = re.compile(r"\*\*\*Epoch: |\[\d+/\d+\] ")
 # The cells that train, after the setup and import cells: notebook 1's call of train_vae_v1, notebook 5's sweep.
-TRAINING_CELL = re.compile(r"\btrain_vae_v1\(|\.run\(")
+TRAINING_CELL = re.compile(r"\btrain_vae_v1\(|\brun_sweep\(")
 # Jupyter's own backend, for the kernels whatever the caller's MPLBACKEND says (Agg would leave no figures).
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 

@@ -108,13 +108,25 @@ def test_the_time_line_splits_a_notebooks_seconds_as_papermill_timed_its_cells(t
         return node
 
     cells = [("done = subprocess.run(['git', 'clone'])", 2.0, 3.0), ("import torch", 5.0, 1.5), ("x = 1", 6.5, 0.5),
-             ("log = train_vae_v1(num_epochs=1)", 7.0, 10.0), ("results = sweep.run(runs)", 17.0, 4.0),
+             ("log = train_vae_v1(num_epochs=1)", 7.0, 10.0), ("results = run_sweep(runs, run, plan)", 17.0, 4.0),
              ("plot_training_loss(log)", 21.0, 2.0)]
     book = timed(nbformat.v4.new_notebook(cells=[timed(nbformat.v4.new_code_cell(source), begin, seconds)
                                                  for source, begin, seconds in cells]), 0.0, 24.0)
     nbformat.write(book, tmp_path / "executed.ipynb")
     assert run_lecture.time_line(tmp_path / "executed.ipynb") == (
         "    24.0 s: starting 6.5 s (kernel, setup and imports), training 14.0 s, the rest 3.5 s")
+
+
+def test_the_cells_timed_as_training_are_notebook_1s_training_call_and_notebook_5s_sweep() -> None:
+    import run_lecture
+
+    notebooks = Path(run_lecture.__file__).parent / "notebooks"
+    training = {}
+    for path in sorted(notebooks.glob("[1-5]_*.ipynb")):
+        code = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        training[path.name[0]] = [source for source in code[2:] if run_lecture.TRAINING_CELL.search(source)]
+    assert [len(training[n]) for n in "12345"] == [1, 0, 0, 0, 1]
+    assert "log_dict = train_vae_v1(" in training["1"][0] and "= run_sweep(" in training["5"][0]
 
 
 def test_figures_are_in_the_executed_notebooks_though_mplbackend_says_agg(first_run: FirstRun) -> None:
