@@ -1,7 +1,8 @@
 """How strong the transposed decoder's checkerboard is, and how it changes over training, on your own faces.
 
-    python /work/shared/real_faces/make_celeba_folder.py /tmp/real_celeba
     python benchmarks/benchmark_checkerboard.py /tmp/real_celeba --epochs 10 --report-epochs 1 2 10
+
+(``/tmp/real_celeba``: any CelebA folder, e.g. one built from a few thousand real faces.)
 
 For each decoder one run (the lecture's model, seed, learning rate 5e-4 and batch size 64 of the laptop recipe, fp32)
 is trained on every training image of the folder, drawing after every epoch the reconstructions of ``--faces`` fixed

@@ -26,7 +26,7 @@ from the repository root::
     printf '/.device/\\n' >> .git/info/exclude; mkdir -p .device/whl
     pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
-      --platform manylinux_2_5_x86_64 -d .device/whl $(cat /work/shared/device_wheels.txt)
+      --platform manylinux_2_5_x86_64 -d .device/whl $(cat ../shared/device_wheels.txt)
 
 (the workplace's list of the notebooks' packages and their dependencies), then one device call with
 ``carry [".device"]`` and ``timeout_s`` 560, command::
