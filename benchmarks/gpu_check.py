@@ -167,7 +167,6 @@ def step_probe(output: Path, smoke: bool) -> None:
     import torch
 
     import helper_train
-    from celeba_vae.selfcheck import takes_cuda_graph
     from celeba_vae.timing import DeviceBatches, synchronize
     from model import VAE
 
@@ -198,9 +197,6 @@ def step_probe(output: Path, smoke: bool) -> None:
     variants = {"eager": {"cuda_graph": False}, "fast path": {"cuda_graph": True}}
     if smoke:
         variants = {"eager": {"cuda_graph": False}}  # the fast path needs CUDA; on a CPU it is the eager step
-    elif not takes_cuda_graph(helper_train.train_vae_v1):
-        variants = {"eager": {}}
-        figures["note"] = "this train_vae_v1 has no cuda_graph switch: eager only"
     for name, options in variants.items():
         if not smoke:
             train(base, options)  # autotuning, allocator

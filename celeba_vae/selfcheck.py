@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import inspect
 import io
 import itertools
 import shutil
@@ -149,21 +148,10 @@ def supported_paths(device: torch.device) -> tuple[list[TrainPath], list[str]]:
         "fast path (CUDA graph): skipped, CUDA only"]
 
 
-def takes_cuda_graph(train_step: TrainStep) -> bool:
-    """Whether ``train_step`` has the fast path's ``cuda_graph`` switch."""
-    try:
-        return "cuda_graph" in inspect.signature(train_step).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def step_options(train_step: TrainStep, path: TrainPath) -> dict[str, Any]:
     """The keyword arguments that run ``path``: its precision, compile, and the CUDA graph only where asked."""
-    options: dict[str, Any] = {"precision": path.precision, "compile": path.compile, "progress": False,
-                               "skip_epoch_stats": True}
-    if takes_cuda_graph(train_step):
-        options["cuda_graph"] = path.cuda_graph
-    return options
+    return {"precision": path.precision, "compile": path.compile, "cuda_graph": path.cuda_graph, "progress": False,
+            "skip_epoch_stats": True}
 
 
 @contextlib.contextmanager
@@ -544,9 +532,6 @@ def run_self_check(train_step: TrainStep, device: torch.device, make_optimizer: 
     batch_size = batch_size or (256 if gpu else 16)
     num_images = num_images or (1024 if gpu else 160)
     paths, notes = supported_paths(device)
-    if not takes_cuda_graph(train_step):
-        paths = [path for path in paths if not path.cuda_graph]
-        notes.append("fast path: this training step has no cuda_graph switch; not checked")
     memory = {"cuda": "peak GPU memory allocated", "mps": "MPS memory allocated after the path"}.get(
         device.type, "peak host RSS of the process")
     print(f"Self-check on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type}) "

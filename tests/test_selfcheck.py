@@ -109,8 +109,6 @@ def test_a_replay_that_reuses_stale_inputs_fails_and_a_fallback_is_said(setup: s
     steps; one that keeps training on the batch of its first replay (which the fast path's own first check passes)
     FAILS; a step that cannot be captured is reported as a fallback, not as a pass of the fast path."""
     fast_step = pytest.importorskip("celeba_vae.fast_step")
-    if not selfcheck.takes_cuda_graph(helper_train.train_vae_v1):
-        pytest.skip("this train_vae_v1 has no fast path (cuda_graph) yet")
     fast = [selfcheck.TrainPath("fp32 fast path", "fp32", cuda_graph=True)]
     name = "fast path vs eager (fp32)"
     monkeypatch.setattr(fast_step, "graph_unavailable", lambda *args, **kwargs: None)
