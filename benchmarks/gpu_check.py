@@ -20,21 +20,23 @@ Writes ``DIR/gpu_check.json`` (every figure, each part's status, time and reason
 ``DIR/gpu_check.md`` (a table to paste into benchmarks/README.md) and ``DIR/<part>.log``.
 
 Through a device machine that lacks jupyter (the project's device tool: torch and torchvision, no jupyter, papermill,
-ipykernel, torchinfo or torch-fidelity, no network; it receives the checkout only), bring the wheels along. Once,
-from the repository root::
+ipykernel, torchinfo or torch-fidelity, no network; it receives the checkout only), bring the wheels along, and the
+real faces for the main job. Once, from the repository root::
 
-    printf '/.device/\\n' >> .git/info/exclude; mkdir -p .device/whl
+    printf '/.device/\\n' >> .git/info/exclude; mkdir -p .device/whl; cp -r ../shared/real_faces .device/
     pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
       --platform manylinux_2_5_x86_64 -d .device/whl $(cat ../shared/device_wheels.txt)
 
-(the workplace's list of the notebooks' packages and their dependencies), then one device call with
-``carry [".device"]`` and ``timeout_s`` 560, command::
+(the workplace's list of the notebooks' packages and their dependencies: 38 wheels, 17 MB; the faces 13 MB), then one
+device call with ``carry [".device"]`` and ``timeout_s`` 560, command::
 
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .device/whl/*.whl && \\
-      PYTHONPATH=/tmp/site:$PWD python3 benchmarks/gpu_check.py --out $OUT
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/whl/*.whl && \\
+      export PYTHONPATH=/tmp/site:$PWD && python3 .device/real_faces/make_celeba_folder.py /tmp/faces && \\
+      python3 benchmarks/gpu_check.py --out /tmp/gc --data-root /tmp/faces; cp /tmp/gc/*.* $OUT/
 
-(``--data-root`` a CelebA folder carried along, e.g. one built from real faces, for the main job on real data).
+The check writes to ``/tmp/gc`` and only its 8 top-level files are copied to ``$OUT``: the device tool brings back at
+most 8 files, and the main job's folder alone holds more.
 """
 
 from __future__ import annotations
