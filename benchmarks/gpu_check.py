@@ -12,8 +12,9 @@ Four parts, each a subprocess with its own time limit (a part that runs over is 
    time (a step the host holds up shows a low share) and the kernels a step;
 3. **benchmark**: ``benchmarks/benchmark_pipeline.py`` (the lecture's pipeline, the eager step and the fast path side
    by side, the per-epoch overhead, the 50-epoch projection) on 20,000 synthetic faces;
-4. **main job**: ``python run_lecture.py --recipe lecture`` on the CelebA folder of ``--data-root`` (else the
-   synthetic demo set): all five notebooks at the lecture's settings. Needs jupyter and papermill (``pip install -r
+4. **main job**: ``python run_lecture.py --recipe lecture --decoder transpose`` on the CelebA folder of
+   ``--data-root`` (else the synthetic demo set): notebooks 1-4 at the lecture's settings, for the lecture's first
+   run (``--decoder both``, a CUDA GPU's default, would run them twice). Needs jupyter and papermill (``pip install -r
    requirements.txt``); without them the part is skipped and says why.
 
 Writes ``DIR/gpu_check.json`` (every figure, each part's status, time and reason when skipped or failed),
@@ -146,12 +147,13 @@ def probe_part(args: argparse.Namespace, out: Path) -> Part:
 
 def main_job_part(args: argparse.Namespace, out: Path) -> Part:
     if args.smoke:
-        return Part("main job", reason="--smoke runs no main job (five notebooks take minutes on a CPU)")
+        return Part("main job", reason="--smoke runs no main job (four notebooks take minutes on a CPU)")
     if missing := missing_for_notebooks():
         return Part("main job", reason=f"{', '.join(missing)} not installed (pip install -r requirements.txt, or "
                                         "the wheels in the docstring on a device machine)")
     data = ["--data-root", args.data_root] if args.data_root else ["--dataset", "synthetic"]
-    command = [sys.executable, "run_lecture.py", "--recipe", "lecture", *data, "--output-dir", str(out / "main_job")]
+    command = [sys.executable, "run_lecture.py", "--recipe", "lecture", "--decoder", "transpose", *data,
+               "--output-dir", str(out / "main_job")]
     part, text = run_part("main job", command, out, args.limit["main job"])
     done = re.search(r"Done in ([\d.]+) min", text)
     epochs = re.findall(r"Epoch: (\d+)/(\d+) \| Train loss: ([\d.]+)(?: \| Valid loss: ([\d.]+))?", text)

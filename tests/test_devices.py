@@ -137,9 +137,10 @@ class FakeCudaMachine:
         monkeypatch.setattr(cuda, "set_rng_state_all", lambda states: [
             self.set_rng_state(state, k) for k, state in enumerate(states)])
         # the optimizers' CUDA-graph check would ask the (absent) driver for its current stream, through
-        # torch.accelerator (torch 2.14) or torch.cuda (torch 2.11)
-        monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: None)
+        # torch.cuda (torch 2.4, 2.11) or torch.accelerator (torch 2.14; torch 2.4 has no torch.accelerator)
         monkeypatch.setattr(cuda, "is_current_stream_capturing", lambda: False)
+        if hasattr(torch, "accelerator"):
+            monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: None)
 
     def index(self, device: int | str | torch.device | None) -> int:
         """The card ``device`` names (the current one, 0, when it names none); IndexError past the last card."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -166,7 +167,7 @@ def test_a_cuda_checkpoint_loads_on_a_cpu_only_machine(tmp_path: Path) -> None:
         for name, data in members.items():
             forged.writestr(name, data)
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA"):
+        with pytest.raises((RuntimeError, pickle.UnpicklingError), match="CUDA"):  # torch 2.4: UnpicklingError
             torch.load(cuda_path, weights_only=True)
     model = load_model(cuda_path, "cpu")
     assert all(p.device.type == "cpu" for p in model.parameters())
