@@ -59,9 +59,13 @@ def capture_step(body: Step, static_input: torch.Tensor) -> Callable[[], torch.T
 
     Only this thread is held to the capture's rules ("thread_local"): the checkpoint writer, or the pin-memory
     thread of a user's DataLoader, may go on meanwhile."""
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.device(static_input.device), torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        static_losses = body(static_input)
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.current_stream(static_input.device)
+    try:
+        with torch.cuda.device(static_input.device), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            static_losses = body(static_input)
+    except Exception:
+        end_failed_capture(stream)
+        raise
 
     def replay() -> torch.Tensor:
         with torch.cuda.device(static_input.device):
@@ -69,6 +73,18 @@ def capture_step(body: Step, static_input: torch.Tensor) -> Callable[[], torch.T
         return static_losses
 
     return replay
+
+
+def end_failed_capture(stream: torch.cuda.Stream) -> None:
+    """Undo what a failed capture leaves behind, so that training can go on eagerly on ``stream``.
+
+    When the end of a capture raises, ``torch.cuda.graph`` leaves its capture stream current; and in torch 2.4 to
+    2.11 (not 2.14) the CUDA random generator stays in capture mode, so the next dropout mask raises "Offset
+    increment outside graph capture encountered unexpectedly". A capture that ends normally, of one small kernel,
+    takes the generator out of capture mode."""
+    torch.cuda.set_stream(stream)
+    with torch.cuda.device(stream.device), torch.cuda.graph(torch.cuda.CUDAGraph()):
+        torch.zeros(1, device=stream.device)
 
 
 class _TrainingState:

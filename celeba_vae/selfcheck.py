@@ -18,6 +18,8 @@ decoded; every check starts from the same initial weights. Four kinds of rows:
   before the clock starts; a path streamed from host memory includes its copies).
 - **fast path**: the step replayed as a CUDA graph (``cuda_graph=True``) against the same steps run eagerly, with
   dropout off and fixed noise: losses and weights must agree (:data:`FAST_PATH_LIMITS`); a fallback is reported as one.
+  And a capture made to fail (the loss reads a value back to the host, which a capture forbids) must leave training
+  eager on the production random stream: the losses of an eager run from the same seed.
 
 One table is printed; any FAIL makes :func:`run_self_check` return ``False``.
 """
@@ -355,6 +357,38 @@ def fast_path_row(train_step: TrainStep, make_optimizer: MakeOptimizer, path: Tr
     return (f"fast path vs eager ({path.precision})", "-", "-", measured, limit, "OK")
 
 
+def mse_read_by_the_host(input: torch.Tensor, target: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+    """``F.mse_loss`` that also reads one value back to the host: harmless in an eager step, fatal to a capture."""
+    loss = nn.functional.mse_loss(input, target, reduction=reduction)
+    loss.flatten()[0].item()
+    return loss
+
+
+def failed_capture_row(train_step: TrainStep, make_optimizer: MakeOptimizer, path: TrainPath,
+                       batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+                       initial: dict[str, torch.Tensor]) -> Row:
+    """A capture that fails must leave training eager, dropout and noise drawn as before: the losses of an eager run
+    from the same seed, not a crash (a failed capture can leave the random generator in capture mode)."""
+    runs = {}
+    for cuda_graph in (True, False):
+        model = VAE()
+        model.load_state_dict(initial)
+        optimizer = make_optimizer(model.to(device), LEARNING_RATE)
+        torch.manual_seed(SEED)
+        with contextlib.redirect_stdout(io.StringIO()):
+            log = train_step(1, model, optimizer, device, DeviceBatches(batches, len(batches[0][0])),
+                             loss_fn=mse_read_by_the_host, logging_interval=len(batches),
+                             **step_options(train_step, TrainPath(path.name, path.precision, cuda_graph=cuda_graph)))
+        runs[cuda_graph] = (log["train_combined_loss_per_batch"], fast_step_used())
+    (fell_back, (mode, reason)), (eager, _) = runs[True], runs[False]
+    loss_dev = max(abs(a - b) / abs(b) for a, b in zip(fell_back, eager, strict=True))
+    ok = mode == "eager" and reason.startswith("capturing it failed") and loss_dev <= FAST_PATH_LIMITS[0]
+    measured = (f"{len(batches)} steps, {mode}: losses vs eager {loss_dev:.4%}"
+                + ("" if ok else f"; {reason or 'the capture did not fail'}"))
+    return (f"fast path, failed capture ({path.precision})", "-", "-", measured,
+            f"eager, {FAST_PATH_LIMITS[0]:.1%}", "OK" if ok else "FAIL")
+
+
 def fast_step_used() -> tuple[str, str] | None:
     """``(mode, reason)`` of the last training call's step (``celeba_vae.fast_step.last_step``), if it reports one."""
     module = sys.modules.get("celeba_vae.fast_step")
@@ -429,12 +463,17 @@ def step_rows(train_step: TrainStep, make_optimizer: MakeOptimizer, setup: Check
         rows.append(step_row(path, results, references))
     for path in paths:
         if path.cuda_graph:
+            fast_batches = device_batches(setup.split, setup.batch_size, FAST_PATH_STEPS, device)
             try:
-                rows.append(fast_path_row(train_step, make_optimizer, path,
-                                          device_batches(setup.split, setup.batch_size, FAST_PATH_STEPS, device),
-                                          device, setup.initial, setup.noise))
+                rows.append(fast_path_row(train_step, make_optimizer, path, fast_batches, device, setup.initial,
+                                          setup.noise))
             except PATH_ERRORS as err:
                 rows.append(_failed(f"fast path vs eager ({path.precision})", err))
+            try:
+                rows.append(failed_capture_row(train_step, make_optimizer, path, fast_batches, device,
+                                               setup.initial))
+            except PATH_ERRORS as err:
+                rows.append(_failed(f"fast path, failed capture ({path.precision})", err))
     return rows
 
 

@@ -4,8 +4,10 @@ check."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -180,6 +182,46 @@ def test_a_run_too_short_for_the_warm_up_says_the_graph_was_not_captured(capture
     _train(num_epochs=1, batches=_batches(full=1))
     assert calls == [] and fast_step.last_step.mode == "eager"
     assert "not captured yet" in fast_step.last_step.reason
+
+
+class FailingCaptureCuda:
+    """The pieces of torch.cuda that ``capture_step`` uses, behaving as torch 2.11 does when a capture fails: ending the
+    capture raises, the capture stream stays current, and the random generator stays in capture mode until a capture
+    ends normally (its eager draws would then raise "Offset increment outside graph capture")."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.main, self.capture_stream = SimpleNamespace(device=torch.device("cpu")), object()
+        self.stream, self.generator_capturing, self.captures = self.main, False, 0
+        cuda = torch.cuda
+        monkeypatch.setattr(cuda, "CUDAGraph", object)
+        monkeypatch.setattr(cuda, "device", lambda device: contextlib.nullcontext())
+        monkeypatch.setattr(cuda, "current_stream", lambda device=None: self.stream)
+        monkeypatch.setattr(cuda, "set_stream", lambda stream: setattr(self, "stream", stream))
+        monkeypatch.setattr(cuda, "graph", self.graph)
+
+    @contextlib.contextmanager
+    def graph(self, graph: object, capture_error_mode: str = "global") -> Iterator[None]:
+        before, self.stream, self.generator_capturing = self.stream, self.capture_stream, True
+        self.captures += 1
+        try:
+            yield
+        except Exception as err:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture") from err
+        self.generator_capturing, self.stream = False, before
+
+
+def test_a_failed_capture_leaves_the_stream_and_the_random_generator_as_they_were(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cuda = FailingCaptureCuda(monkeypatch)
+
+    def reads_a_value(static_input: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    with pytest.raises(RuntimeError, match="previous error during capture"):
+        fast_step.capture_step(reads_a_value, torch.zeros(2))
+    assert cuda.stream is cuda.main and not cuda.generator_capturing
+    assert cuda.captures == 2  # the failed one, and the small one that ends the generator's capture mode
 
 
 def test_graph_unavailable_says_why(capsys: pytest.CaptureFixture[str]) -> None:

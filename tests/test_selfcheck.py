@@ -120,7 +120,8 @@ def test_a_replay_that_reuses_stale_inputs_fails_and_a_fallback_is_said(setup: s
     monkeypatch.setattr(fast_step, "capture_step", honest)
     measured, verdict = result(selfcheck.step_rows(helper_train.train_vae_v1, helper_train.adam, setup, CPU, fast),
                                name)
-    assert verdict == "OK" and len(captured) == 1, measured  # OK, not FALLBACK: the replays ran
+    # OK, not FALLBACK: the replays ran (one capture for this row, one for the failed-capture row's run)
+    assert verdict == "OK" and len(captured) == 2, measured
 
     def stale_after_the_first_replay(body: Any, static_input: torch.Tensor) -> Any:
         kept: list[torch.Tensor] = []
@@ -139,6 +140,41 @@ def test_a_replay_that_reuses_stale_inputs_fails_and_a_fallback_is_said(setup: s
     measured, verdict = result(selfcheck.step_rows(helper_train.train_vae_v1, helper_train.adam, setup, CPU, fast),
                                name)
     assert verdict == "FALLBACK" and measured == "fell back to eager: no CUDA graphs in this test"
+
+
+def test_a_failed_capture_must_leave_training_eager_on_the_same_random_stream(setup: selfcheck.CheckInputs,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in capture refuses host reads, as CUDA does while capturing: the fast path falls back and trains as an
+    eager run does (OK). A fallback that loses its place in the random stream FAILS, and so does a capture that lets
+    the host read through."""
+    from celeba_vae import fast_step
+
+    fast = [selfcheck.TrainPath("fp32 fast path", "fp32", cuda_graph=True)]
+    name = "fast path, failed capture (fp32)"
+    monkeypatch.setattr(fast_step, "graph_unavailable", lambda *args, **kwargs: None)
+
+    def refuses_host_reads(body: Any, static_input: torch.Tensor) -> Any:
+        def item(self: torch.Tensor) -> float:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.Tensor, "item", item)
+            body(static_input)
+        return lambda: body(static_input)
+
+    def rows() -> tuple[str, str]:
+        return result(selfcheck.step_rows(helper_train.train_vae_v1, helper_train.adam, setup, CPU, fast), name)
+
+    monkeypatch.setattr(fast_step, "capture_step", refuses_host_reads)
+    measured, verdict = rows()
+    assert verdict == "OK" and "eager: losses vs eager 0.0000%" in measured, measured
+    with monkeypatch.context() as patch:
+        patch.setattr(fast_step._TrainingState, "restore_rng", lambda self: None)
+        measured, verdict = rows()
+    assert verdict == "FAIL" and "capturing it failed (RuntimeError" in measured, measured
+    monkeypatch.setattr(fast_step, "capture_step", lambda body, static_input: lambda: body(static_input))
+    measured, verdict = rows()
+    assert verdict == "FAIL" and "cuda graph" in measured and "the capture did not fail" in measured, measured
 
 
 def test_a_training_loss_beyond_the_seeds_spread_fails(setup: selfcheck.CheckInputs,
