@@ -379,7 +379,7 @@ def failed_capture_row(train_step: TrainStep, make_optimizer: MakeOptimizer, pat
             log = train_step(1, model, optimizer, device, DeviceBatches(batches, len(batches[0][0])),
                              loss_fn=mse_read_by_the_host, logging_interval=len(batches),
                              **step_options(train_step, TrainPath(path.name, path.precision, cuda_graph=cuda_graph)))
-        runs[cuda_graph] = (log["train_combined_loss_per_batch"], fast_step_used())
+        runs[cuda_graph] = (log["train_combined_loss_per_batch"], fast_step_used() or ("not reported", ""))
     (fell_back, (mode, reason)), (eager, _) = runs[True], runs[False]
     loss_dev = max(abs(a - b) / abs(b) for a, b in zip(fell_back, eager, strict=True))
     ok = mode == "eager" and reason.startswith("capturing it failed") and loss_dev <= FAST_PATH_LIMITS[0]
