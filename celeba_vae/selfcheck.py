@@ -329,22 +329,38 @@ def step_row(path: TrainPath, results: list[StepResult], references: list[StepRe
     return (f"one step: {path.name}", "-", "-", measured, limit, "OK" if ok else "FAIL")
 
 
+def graph_and_eager_runs(train_step: TrainStep, make_optimizer: MakeOptimizer, path: TrainPath,
+                         batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+                         make_model: Callable[[], nn.Module], **options: Any
+                         ) -> list[tuple[list[float], dict[str, torch.Tensor], tuple[str, str] | None]]:
+    """Train ``make_model()`` on ``batches`` from the same seed twice, with ``cuda_graph=True`` and then eagerly:
+    each run's per-batch losses, final weights and the step's ``(mode, reason)``."""
+    runs = []
+    for cuda_graph in (True, False):
+        model = make_model().to(device)
+        optimizer = make_optimizer(model, LEARNING_RATE)
+        torch.manual_seed(SEED)
+        with contextlib.redirect_stdout(io.StringIO()):
+            log = train_step(1, model, optimizer, device, DeviceBatches(batches, len(batches[0][0])),
+                             logging_interval=len(batches), **options,
+                             **step_options(train_step, TrainPath(path.name, path.precision, cuda_graph=cuda_graph)))
+        runs.append((log["train_combined_loss_per_batch"], model.state_dict(), fast_step_used()))
+    return runs
+
+
+def loss_deviation(losses: list[float], reference: list[float]) -> float:
+    """The largest relative difference of two runs' per-batch losses."""
+    return max(abs(a - b) / abs(b) for a, b in zip(losses, reference, strict=True))
+
+
 def fast_path_row(train_step: TrainStep, make_optimizer: MakeOptimizer, path: TrainPath,
                   batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
                   initial: dict[str, torch.Tensor], noise: torch.Tensor) -> Row:
     """The fast path's row: the same steps without randomness replayed (``cuda_graph=True``) and run eagerly; a
     fallback to eager is reported as such, a disagreement FAILS."""
-    runs = {}
-    for replay in (True, False):
-        model = without_randomness(initial, noise).to(device)
-        optimizer = make_optimizer(model, LEARNING_RATE)
-        loader = DeviceBatches(batches, len(batches[0][0]))
-        with contextlib.redirect_stdout(io.StringIO()) as printed:
-            log = train_step(1, model, optimizer, device, loader, logging_interval=len(batches),
-                             **step_options(train_step, TrainPath(path.name, path.precision, cuda_graph=replay)))
-        runs[replay] = (log["train_combined_loss_per_batch"], model.state_dict(), printed.getvalue(), fast_step_used())
-    (replayed, weights, printed, used), (eager, eager_weights, _, _) = runs[True], runs[False]
-    loss_dev = max(abs(a - b) / abs(b) for a, b in zip(replayed, eager, strict=True))
+    (replayed, weights, used), (eager, eager_weights, _) = graph_and_eager_runs(
+        train_step, make_optimizer, path, batches, device, lambda: without_randomness(initial, noise))
+    loss_dev = loss_deviation(replayed, eager)
     weight_name, weight_dev = worst({name: relative(weights[name].float(), eager_weights[name].float())
                                      for name in eager_weights if eager_weights[name].is_floating_point()})
     measured = f"{len(batches)} steps: losses {loss_dev:.4%}, weights {weight_dev:.3%} ({weight_name})"
@@ -369,19 +385,15 @@ def failed_capture_row(train_step: TrainStep, make_optimizer: MakeOptimizer, pat
                        initial: dict[str, torch.Tensor]) -> Row:
     """A capture that fails must leave training eager, dropout and noise drawn as before: the losses of an eager run
     from the same seed, not a crash (a failed capture can leave the random generator in capture mode)."""
-    runs = {}
-    for cuda_graph in (True, False):
+    def initial_model() -> VAE:
         model = VAE()
         model.load_state_dict(initial)
-        optimizer = make_optimizer(model.to(device), LEARNING_RATE)
-        torch.manual_seed(SEED)
-        with contextlib.redirect_stdout(io.StringIO()):
-            log = train_step(1, model, optimizer, device, DeviceBatches(batches, len(batches[0][0])),
-                             loss_fn=mse_read_by_the_host, logging_interval=len(batches),
-                             **step_options(train_step, TrainPath(path.name, path.precision, cuda_graph=cuda_graph)))
-        runs[cuda_graph] = (log["train_combined_loss_per_batch"], fast_step_used() or ("not reported", ""))
-    (fell_back, (mode, reason)), (eager, _) = runs[True], runs[False]
-    loss_dev = max(abs(a - b) / abs(b) for a, b in zip(fell_back, eager, strict=True))
+        return model
+
+    (fell_back, _, used), (eager, _, _) = graph_and_eager_runs(
+        train_step, make_optimizer, path, batches, device, initial_model, loss_fn=mse_read_by_the_host)
+    mode, reason = used or ("not reported", "")
+    loss_dev = loss_deviation(fell_back, eager)
     ok = mode == "eager" and reason.startswith("capturing it failed") and loss_dev <= FAST_PATH_LIMITS[0]
     measured = (f"{len(batches)} steps, {mode}: losses vs eager {loss_dev:.4%}"
                 + ("" if ok else f"; {reason or 'the capture did not fail'}"))
